@@ -1,0 +1,80 @@
+//! Opening images: detection, one layer, or a whole chain.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::chain::{Chain, FileParentResolver, DEFAULT_MAX_DEPTH};
+use crate::detect::{detect_format, Format};
+use crate::disk::{ParseMode, VirtualDisk};
+use crate::error::Error;
+use crate::qcow2::Qcow2Disk;
+use crate::raw::RawDisk;
+use crate::source::{FileSource, SourceRef};
+
+/// How to open an image.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub mode: ParseMode,
+    /// Internal snapshot (qcow2) to read instead of the current state: a name or an ID.
+    pub snapshot: Option<String>,
+    /// Most layers a chain may have.
+    pub max_depth: usize,
+    /// Format to use instead of detecting it.
+    pub format: Option<Format>,
+    /// Follow backing files (a chain); false opens the named layer alone.
+    pub follow_backing: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> OpenOptions {
+        OpenOptions {
+            mode: ParseMode::Strict,
+            snapshot: None,
+            max_depth: DEFAULT_MAX_DEPTH,
+            format: None,
+            follow_backing: true,
+        }
+    }
+}
+
+/// Opens one layer from `source`, detecting its format unless the options name one.
+pub fn open_layer(source: SourceRef, options: &OpenOptions) -> Result<Arc<dyn VirtualDisk>, Error> {
+    let format = match options.format {
+        Some(f) => f,
+        None => detect_format(source.as_ref())?,
+    };
+    match format {
+        Format::Raw => Ok(Arc::new(RawDisk::new(source))),
+        Format::Qcow2 => Ok(Arc::new(Qcow2Disk::open(source, options)?)),
+        other => Err(Error::Unsupported {
+            file: source.name().to_string(),
+            what: format!("the {other:?} format"),
+        }),
+    }
+}
+
+/// Opens the file at `path` as one layer (read-only).
+pub fn open_image(path: &Path, options: &OpenOptions) -> Result<Arc<dyn VirtualDisk>, Error> {
+    let source = FileSource::open(path).map_err(|e| Error::Open {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    open_layer(Arc::new(source), options)
+}
+
+/// Opens the file at `path` and, unless told not to, its whole backing chain.
+pub fn open_disk(path: &Path, options: &OpenOptions) -> Result<Chain, Error> {
+    let leaf = open_image(path, options)?;
+    if !options.follow_backing {
+        return Ok(Chain::single(leaf));
+    }
+    let identity = std::fs::canonicalize(path)
+        .ok()
+        .map(|p| p.display().to_string());
+    Chain::build(
+        leaf,
+        identity,
+        &FileParentResolver::new(options),
+        options.max_depth,
+    )
+}
