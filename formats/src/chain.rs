@@ -173,14 +173,15 @@ impl Chain {
         }
         let tail_start = offset.max(layer_end);
         if tail_start < end {
-            // Past the end of a shorter parent: zeros, as qemu reads them.
+            // Past the end of a shorter parent: zeros, as qemu reads them. qemu reports the
+            // range at the depth of the child that left it unallocated, not the parent's.
             push_merged(
                 out,
                 Extent {
                     offset: tail_start,
                     len: end - tail_start,
                     kind: ExtentKind::Unallocated,
-                    depth: depth_u32,
+                    depth: depth_u32.saturating_sub(1),
                 },
             );
         }
