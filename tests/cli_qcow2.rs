@@ -143,10 +143,23 @@ fn info_text_lists_chain_and_snapshot() {
         .stdout(predicate::str::contains("before-update"));
 }
 
-/// Per 512-byte sector: (present, zero, data, compressed, host offset of plain data,
-/// depth of data). Raw holes (qemu adds an offset) and depths of ranges past a shorter
-/// parent are left out: qemu-img and vdr are allowed to differ there (see docs/CLI.md).
-fn sectors(map: &Value) -> BTreeMap<u64, (bool, bool, bool, bool, Option<u64>, Option<u64>)> {
+/// What a map says about one 512-byte sector.
+#[derive(Debug, PartialEq, Eq)]
+struct Sector {
+    present: bool,
+    zero: bool,
+    data: bool,
+    compressed: bool,
+    /// Host offset of plain (uncompressed) data.
+    offset: Option<u64>,
+    /// Layer holding the data.
+    depth: Option<u64>,
+}
+
+/// Each sector of a map. Offsets of raw holes (qemu prints one) and depths of ranges
+/// without data (qemu's depth past a shorter parent differs) are left out: qemu-img and
+/// vdr are allowed to differ there (see docs/CLI.md).
+fn sectors(map: &Value) -> BTreeMap<u64, Sector> {
     let mut out = BTreeMap::new();
     for e in map.as_array().expect("map array") {
         let start = e["start"].as_u64().expect("start");
@@ -158,14 +171,14 @@ fn sectors(map: &Value) -> BTreeMap<u64, (bool, bool, bool, bool, Option<u64>, O
                 .then(|| e["offset"].as_u64().expect("offset of data") + (sector - start));
             out.insert(
                 sector,
-                (
-                    e["present"] == true,
-                    e["zero"] == true,
+                Sector {
+                    present: e["present"] == true,
+                    zero: e["zero"] == true,
                     data,
                     compressed,
                     offset,
-                    data.then(|| e["depth"].as_u64().expect("depth")),
-                ),
+                    depth: data.then(|| e["depth"].as_u64().expect("depth")),
+                },
             );
         }
     }
