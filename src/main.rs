@@ -11,6 +11,7 @@
 
 mod cli;
 mod commands;
+mod interrupt;
 mod output;
 mod progress;
 mod walk;

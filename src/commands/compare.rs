@@ -93,7 +93,12 @@ fn first_difference(
                 let (chunk_a, chunk_b) = (&mut buf_a[..len], &mut buf_b[..len]);
                 read_or_zeros(a, chunk_a, pos)?;
                 read_or_zeros(b, chunk_b, pos)?;
-                if let Some(i) = chunk_a.iter().zip(chunk_b.iter()).position(|(x, y)| x != y) {
+                if chunk_a != chunk_b {
+                    let i = chunk_a
+                        .iter()
+                        .zip(chunk_b.iter())
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(0);
                     return Ok(Some(pos + i as u64));
                 }
                 pos += len as u64;

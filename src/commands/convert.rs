@@ -4,7 +4,7 @@
 //! Safety rules (DESIGN.md): the output is never one of the inputs, checked by device and
 //! inode (catches hard links and symlinks) and by canonical path, and `--force` does not
 //! lift that rule; an existing output is replaced only with `--force`; a conversion that
-//! fails leaves no partial output behind.
+//! fails or is interrupted leaves no partial output behind.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -18,6 +18,7 @@ use vdr_formats::{
 
 use super::{open, OpenRequest, Status};
 use crate::cli::{usage_error, CompressionArg, ConvertArgs, FillArg, OutputFormatArg};
+use crate::interrupt;
 use crate::output::{binary_size, print_json};
 use crate::progress::Progress;
 
@@ -40,7 +41,9 @@ pub fn run(args: &ConvertArgs) -> Result<Status> {
     make_room(&args.output, args.force)?;
 
     let progress = Progress::new(chain.size(), args.json);
+    let interrupted = interrupt::Guard::arm(&args.output);
     let result = convert(&chain, &args.output, &options, &|done| progress.set(done));
+    drop(interrupted);
     progress.finish();
     let report = match result {
         Ok(report) => report,
