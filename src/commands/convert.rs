@@ -234,7 +234,7 @@ fn print_summary(args: &ConvertArgs, chain: &Chain, report: &ConvertReport) {
         OutputFormatArg::Qcow2 => "qcow2",
     };
     println!(
-        "Converted {} ({}, {} layers) to {} ({format}): {} virtual, {} data, {} zeros{}.",
+        "Converted {} ({}, chain of {}) to {} ({format}): {} virtual, {} data, {} zeros{}.",
         args.input.display(),
         chain.leaf().info().format,
         chain.layers().len(),

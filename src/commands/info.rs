@@ -94,9 +94,10 @@ fn write_text(out: &mut impl Write, report: &InfoReport) -> Result<()> {
     if let Some(leaf) = report.layers.first() {
         write_layer_facts(out, leaf)?;
     }
+    let plural = if report.chain_depth == 1 { "" } else { "s" };
     writeln!(
         out,
-        "backing chain ({} layers, leaf first):",
+        "backing chain ({} layer{plural}, leaf first):",
         report.chain_depth
     )?;
     for (depth, layer) in report.layers.iter().enumerate() {
