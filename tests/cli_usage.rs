@@ -91,3 +91,20 @@ fn help_exits_zero() {
     vdr().arg("--help").assert().success();
     vdr().args(["convert", "--help"]).assert().success();
 }
+
+#[test]
+fn snapshot_of_an_image_without_snapshots_is_an_input_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.raw");
+    sparse_raw(&input, 65536, &[]);
+
+    for command in ["info", "map"] {
+        vdr()
+            .arg(command)
+            .arg(&input)
+            .args(["--snapshot", "before-update"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("no internal snapshot"));
+    }
+}

@@ -9,7 +9,7 @@ mod map;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use vdr_formats::{open_disk, Chain, OpenOptions, ParseMode};
 
 use crate::cli::Command;
@@ -65,5 +65,18 @@ pub fn open(path: &Path, request: &OpenRequest) -> Result<Chain> {
         follow_backing: !request.no_backing,
         ..OpenOptions::default()
     };
-    Ok(open_disk(path, &options)?)
+    let chain = open_disk(path, &options)?;
+    if let Some(snapshot) = &request.snapshot {
+        // Formats without internal snapshots ignore the option; asking for one there is a
+        // mistake worth stopping on rather than silently reading the current state.
+        let leaf = chain.leaf().info();
+        if leaf.snapshots.is_empty() {
+            bail!(
+                "{}: no internal snapshot '{snapshot}': the image ({}) has no internal snapshots",
+                path.display(),
+                leaf.format
+            );
+        }
+    }
+    Ok(chain)
 }
