@@ -1,18 +1,29 @@
 //! Output helpers shared by the commands: JSON on stdout, human-readable sizes, offsets
 //! in `qemu-img`'s style and UTC dates.
 
-use std::io::Write;
+use std::io::{self, StdoutLock, Write};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON followed by a newline on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    out.flush()?;
-    Ok(())
+    let text = serde_json::to_string_pretty(value)?;
+    print_line(&text)
+}
+
+/// Prints one line on stdout, returning write errors (`println!` would panic on them).
+pub fn print_line(text: &str) -> Result<()> {
+    to_stdout(|out| writeln!(out, "{text}"))
+}
+
+/// Runs `write` on the locked stdout and flushes it; a failed write (a full disk behind a
+/// redirection) becomes an error that says where it happened.
+pub fn to_stdout(write: impl FnOnce(&mut StdoutLock<'static>) -> io::Result<()>) -> Result<()> {
+    let mut out = io::stdout().lock();
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow!("writing to standard output: {e}"))
 }
 
 /// `65536` → `"64 KiB (65536 bytes)"`.

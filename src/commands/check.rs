@@ -1,14 +1,14 @@
 //! `vdr check`: consistency check of an image's own metadata (its backing files are not
 //! opened), reported like `qemu-img check`. Exit 1 when errors or leaks were found.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use anyhow::Result;
 use vdr_formats::disk::CheckReport;
 
 use super::{open, OpenRequest, Status};
 use crate::cli::CheckArgs;
-use crate::output::print_json;
+use crate::output::{print_json, to_stdout};
 
 /// Runs `vdr check`.
 pub fn run(args: &CheckArgs) -> Result<Status> {
@@ -24,9 +24,7 @@ pub fn run(args: &CheckArgs) -> Result<Status> {
     if args.json {
         print_json(&report)?;
     } else {
-        let mut out = std::io::stdout().lock();
-        write_text(&mut out, &report)?;
-        out.flush()?;
+        to_stdout(|out| write_text(out, &report))?;
     }
     Ok(if report.is_clean() {
         Status::Ok
@@ -35,7 +33,7 @@ pub fn run(args: &CheckArgs) -> Result<Status> {
     })
 }
 
-fn write_text(out: &mut impl Write, report: &CheckReport) -> Result<()> {
+fn write_text(out: &mut impl Write, report: &CheckReport) -> io::Result<()> {
     if !report.supported {
         writeln!(
             out,

@@ -10,7 +10,7 @@ use vdr_formats::VirtualDisk;
 
 use super::{open, OpenRequest, Status};
 use crate::cli::CompareArgs;
-use crate::output::print_json;
+use crate::output::{print_json, print_line};
 use crate::progress::Progress;
 use crate::walk::{for_each_extent, WINDOW};
 
@@ -55,11 +55,11 @@ pub fn run(args: &CompareArgs) -> Result<Status> {
         })?;
     } else {
         match first_difference {
-            None => println!("Images are identical."),
-            Some(_) if args.strict_size && size_a != size_b => {
-                println!("Strict mode: image size mismatch ({size_a} bytes vs {size_b} bytes)!")
-            }
-            Some(offset) => println!("Content mismatch at offset {offset}!"),
+            None => print_line("Images are identical.")?,
+            Some(_) if args.strict_size && size_a != size_b => print_line(&format!(
+                "Strict mode: image size mismatch ({size_a} bytes vs {size_b} bytes)!"
+            ))?,
+            Some(offset) => print_line(&format!("Content mismatch at offset {offset}!"))?,
         }
     }
     Ok(if first_difference.is_none() {

@@ -19,7 +19,7 @@ use vdr_formats::{
 use super::{open, OpenRequest, Status};
 use crate::cli::{usage_error, CompressionArg, ConvertArgs, FillArg, OutputFormatArg};
 use crate::interrupt;
-use crate::output::{binary_size, print_json};
+use crate::output::{binary_size, print_json, print_line};
 use crate::progress::Progress;
 
 /// Smallest and largest qcow2 cluster sizes (qcow2 spec: cluster_bits 9..=21).
@@ -65,7 +65,7 @@ pub fn run(args: &ConvertArgs) -> Result<Status> {
     if args.json {
         print_json(&report)?;
     } else {
-        print_summary(args, &chain, &report);
+        print_summary(args, &chain, &report)?;
     }
     Ok(if report.unreadable.is_empty() {
         Status::Ok
@@ -228,12 +228,12 @@ fn remove_partial_output(out: &Path, inputs: &InputFiles) {
     }
 }
 
-fn print_summary(args: &ConvertArgs, chain: &Chain, report: &ConvertReport) {
+fn print_summary(args: &ConvertArgs, chain: &Chain, report: &ConvertReport) -> Result<()> {
     let format = match args.format {
         OutputFormatArg::Raw => "raw",
         OutputFormatArg::Qcow2 => "qcow2",
     };
-    println!(
+    print_line(&format!(
         "Converted {} ({}, chain of {}) to {} ({format}): {} virtual, {} data, {} zeros{}.",
         args.input.display(),
         chain.leaf().info().format,
@@ -250,5 +250,5 @@ fn print_summary(args: &ConvertArgs, chain: &Chain, report: &ConvertReport) {
                 report.unreadable.len()
             )
         }
-    );
+    ))
 }

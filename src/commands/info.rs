@@ -1,7 +1,7 @@
 //! `vdr info`: format, size, backing chain, features, snapshots, allocation summary and
 //! findings of an image. `--json` prints the object documented in docs/CLI.md.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -9,7 +9,7 @@ use vdr_formats::{Chain, DiskInfo, ExtentKind, Finding, VirtualDisk};
 
 use super::{open, OpenRequest, Status};
 use crate::cli::InfoArgs;
-use crate::output::{binary_size, clock_text, print_json, size_text, utc_date};
+use crate::output::{binary_size, clock_text, print_json, size_text, to_stdout, utc_date};
 use crate::walk::for_each_extent;
 
 /// Bytes of the virtual disk per extent kind, over the whole chain's view.
@@ -80,14 +80,12 @@ pub fn run(args: &InfoArgs) -> Result<Status> {
     if args.json {
         print_json(&report)?;
     } else {
-        let mut out = std::io::stdout().lock();
-        write_text(&mut out, &report)?;
-        out.flush()?;
+        to_stdout(|out| write_text(out, &report))?;
     }
     Ok(Status::Ok)
 }
 
-fn write_text(out: &mut impl Write, report: &InfoReport) -> Result<()> {
+fn write_text(out: &mut impl Write, report: &InfoReport) -> io::Result<()> {
     writeln!(out, "image: {}", report.file)?;
     writeln!(out, "file format: {}", report.format)?;
     writeln!(out, "virtual size: {}", size_text(report.virtual_size))?;
@@ -128,7 +126,7 @@ fn write_text(out: &mut impl Write, report: &InfoReport) -> Result<()> {
     Ok(())
 }
 
-fn write_layer_facts(out: &mut impl Write, leaf: &DiskInfo) -> Result<()> {
+fn write_layer_facts(out: &mut impl Write, leaf: &DiskInfo) -> io::Result<()> {
     writeln!(out, "file size: {}", size_text(leaf.file_size))?;
     if let Some(cluster_size) = leaf.cluster_size {
         writeln!(out, "cluster size: {cluster_size}")?;
@@ -160,7 +158,7 @@ fn write_layer_facts(out: &mut impl Write, leaf: &DiskInfo) -> Result<()> {
 }
 
 /// The snapshot table, in the columns of `qemu-img snapshot -l`.
-fn write_snapshots(out: &mut impl Write, leaf: &DiskInfo) -> Result<()> {
+fn write_snapshots(out: &mut impl Write, leaf: &DiskInfo) -> io::Result<()> {
     if leaf.snapshots.is_empty() {
         return Ok(());
     }

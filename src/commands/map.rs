@@ -6,14 +6,14 @@
 //! present+data with the host offset; compressed → present+data+compressed without one;
 //! a zero cluster → present+zero; unallocated through the whole chain → zero, not present.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use anyhow::Result;
 use vdr_formats::{Chain, Extent, ExtentKind, VirtualDisk};
 
 use super::{open, OpenRequest, Status};
 use crate::cli::MapArgs;
-use crate::output::hex;
+use crate::output::{hex, to_stdout};
 use crate::walk::for_each_extent;
 
 /// One line of the map, in qemu-img's terms.
@@ -157,25 +157,25 @@ pub fn run(args: &MapArgs) -> Result<Status> {
         },
     )?;
     let entries = map_entries(&chain)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        write_json(&mut out, &entries)?;
-    } else {
-        write_table(&mut out, &entries)?;
-    }
-    out.flush()?;
+    to_stdout(|out| {
+        if args.json {
+            write_json(out, &entries)
+        } else {
+            write_table(out, &entries)
+        }
+    })?;
     Ok(Status::Ok)
 }
 
 /// `[{...},\n{...}]` as qemu-img prints it.
-fn write_json(out: &mut impl Write, entries: &[MapEntry]) -> Result<()> {
+fn write_json(out: &mut impl Write, entries: &[MapEntry]) -> io::Result<()> {
     let lines: Vec<String> = entries.iter().map(MapEntry::to_qemu_json).collect();
     writeln!(out, "[{}]", lines.join(",\n"))?;
     Ok(())
 }
 
 /// The qemu-img map table, with every range (not only data) and its kind and depth.
-fn write_table(out: &mut impl Write, entries: &[MapEntry]) -> Result<()> {
+fn write_table(out: &mut impl Write, entries: &[MapEntry]) -> io::Result<()> {
     writeln!(
         out,
         "{:<16}{:<16}{:<16}{:<12}{:<7}File",
