@@ -141,3 +141,19 @@ fn check_on_raw_says_unsupported_and_exits_zero() {
     assert_eq!(report["errors"], serde_json::json!([]));
     assert_eq!(fingerprint(&[&img]), before);
 }
+
+#[test]
+fn map_merges_ranges_across_its_one_gib_windows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("big.raw");
+    sparse_raw(&img, 3 << 30, &[((3 << 30) - 512, &[1; 512])]);
+
+    let map = stdout_json(&["map".as_ref(), img.as_os_str(), "--json".as_ref()]);
+
+    let entries = map.as_array().expect("an array");
+    assert_eq!(entries.len(), 2, "{map}");
+    assert_eq!(entries[0]["zero"], true);
+    assert_eq!(entries[1]["data"], true);
+    let hole_end = entries[0]["length"].as_u64().expect("length");
+    assert!(hole_end > 1 << 30 && hole_end <= (3 << 30) - 512, "{map}");
+}
