@@ -314,3 +314,64 @@ fn check_on_the_demo_leaf_is_clean() {
             "No errors were found on the image.",
         ));
 }
+
+#[test]
+#[ignore = "needs qcow2 reader (merge)"]
+fn converting_over_an_external_data_file_is_refused_even_with_force() {
+    if !have_qemu_img("converting_over_an_external_data_file_is_refused_even_with_force") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("ext.qcow2");
+    let data = dir.path().join("ext.data");
+    let image_s = image.to_str().expect("utf-8 path");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={},data_file_raw=on", data.display()),
+        image_s,
+        "1M",
+    ]);
+    let before = fingerprint(&[&image, &data]);
+
+    vdr()
+        .arg("convert")
+        .arg(&image)
+        .arg(&data)
+        .arg("--force")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("input"));
+
+    assert_eq!(fingerprint(&[&image, &data]), before);
+}
+
+#[test]
+#[ignore = "needs qcow2 reader (merge)"]
+fn missing_backing_file_is_named_and_no_backing_still_opens_the_leaf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf = demo_copy(dir.path());
+    fs::remove_file(dir.path().join("mid.qcow2")).expect("remove mid");
+
+    vdr()
+        .arg("info")
+        .arg(&leaf)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("vdr: "))
+        .stderr(predicate::str::contains("mid.qcow2"));
+
+    let info = json_of(
+        &vdr()
+            .arg("info")
+            .arg(&leaf)
+            .args(["--json", "--no-backing"])
+            .assert()
+            .success(),
+    );
+    assert_eq!(info["chain_depth"], 1);
+    assert_eq!(info["layers"][0]["backing"]["name"], "mid.qcow2");
+}
