@@ -136,3 +136,48 @@ fn missing_second_image_is_an_input_error() {
         .code(2)
         .stderr(predicate::str::starts_with("vdr: "));
 }
+
+/// The oracle: first differing byte of two files, the shorter one read as zero-extended.
+fn naive_first_difference(a: &[u8], b: &[u8]) -> Option<u64> {
+    let len = a.len().max(b.len());
+    (0..len)
+        .find(|&i| a.get(i).copied().unwrap_or(0) != b.get(i).copied().unwrap_or(0))
+        .map(|i| i as u64)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn first_difference_matches_a_byte_by_byte_comparison(
+        size_a in 1u64..300_000,
+        size_b in 1u64..300_000,
+        writes_a in proptest::collection::vec((0u64..300_000, 1u8..=255, 1usize..5000), 0..4),
+        writes_b in proptest::collection::vec((0u64..300_000, 1u8..=255, 1usize..5000), 0..4),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let make = |name: &str, size: u64, writes: &[(u64, u8, usize)]| {
+            let fill: Vec<(u64, Vec<u8>)> = writes
+                .iter()
+                .filter(|(offset, _, _)| *offset < size)
+                .map(|&(offset, byte, len)| {
+                    let len = len.min((size - offset) as usize);
+                    (offset, vec![byte; len])
+                })
+                .collect();
+            let refs: Vec<(u64, &[u8])> = fill.iter().map(|(o, v)| (*o, v.as_slice())).collect();
+            image(dir.path(), name, size, &refs)
+        };
+        let a = make("a.raw", size_a, &writes_a);
+        let b = make("b.raw", size_b, &writes_b);
+        let expected = naive_first_difference(
+            &std::fs::read(&a).expect("read a"),
+            &std::fs::read(&b).expect("read b"),
+        );
+
+        let (code, value) = compare_json(&a, &b, &[]);
+
+        proptest::prop_assert_eq!(code, if expected.is_some() { 1 } else { 0 });
+        proptest::prop_assert_eq!(value["first_difference"].as_u64(), expected);
+    }
+}
