@@ -1,0 +1,201 @@
+//! The command-line grammar (clap derive): every command, flag and default of `vdr`.
+//!
+//! This file only describes arguments; checks that clap cannot express (such as `-c` with
+//! `-O raw`) live with the command that owns them, and report through [`usage_error`] so
+//! they exit 2 like every other usage error.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Recover virtual disks (RAW, QCOW2, VMDK, VMFS) from damaged storage. Inputs are only
+/// ever opened read-only.
+#[derive(Debug, Parser)]
+#[command(name = "vdr", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Format, size, backing chain, snapshots and allocation summary of an image.
+    Info(InfoArgs),
+    /// Extent map of the image as the guest sees it (like `qemu-img map`).
+    Map(MapArgs),
+    /// Consistency check of the image's metadata (like `qemu-img check`).
+    Check(CheckArgs),
+    /// Write the image's content (the leaf's view of its chain) to a new file.
+    Convert(ConvertArgs),
+    /// Compare the content of two images, across formats and sizes.
+    Compare(CompareArgs),
+}
+
+/// Options shared by the commands that open one image.
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// Go on past inconsistencies where possible and report each one as a finding,
+    /// instead of refusing the image.
+    #[arg(long)]
+    pub salvage: bool,
+}
+
+/// `vdr info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The image to describe.
+    pub image: PathBuf,
+    /// Print the documented JSON object (docs/CLI.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Read this internal snapshot (name or ID) instead of the current state.
+    #[arg(long, value_name = "S")]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// Open the named image alone, without its backing files.
+    #[arg(long)]
+    pub no_backing: bool,
+}
+
+/// `vdr map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// The image to map.
+    pub image: PathBuf,
+    /// Print a JSON array with the fields of `qemu-img map --output=json`.
+    #[arg(long)]
+    pub json: bool,
+    /// Map this internal snapshot (name or ID) instead of the current state.
+    #[arg(long, value_name = "S")]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub open: OpenArgs,
+}
+
+/// `vdr check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The image to check (its backing files are not checked).
+    pub image: PathBuf,
+    /// Print the check report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub open: OpenArgs,
+}
+
+/// Output formats of `vdr convert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormatArg {
+    Raw,
+    Qcow2,
+}
+
+/// Compression algorithms for `vdr convert -c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    Deflate,
+    Zstd,
+}
+
+/// What `--fill-unreadable` may fill unreadable ranges with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FillArg {
+    Zeros,
+}
+
+/// `vdr convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The image to read (with its backing chain).
+    pub input: PathBuf,
+    /// The file to create. It must not exist (see --force) and must not be an input.
+    pub output: PathBuf,
+    /// Output format.
+    #[arg(short = 'O', value_enum, default_value_t = OutputFormatArg::Raw, value_name = "FORMAT")]
+    pub format: OutputFormatArg,
+    /// Compress data clusters (qcow2 output only).
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// Compression algorithm used with -c.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Deflate)]
+    pub compression: CompressionArg,
+    /// Worker threads; 0 uses all cores.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Cluster size of qcow2 output, in bytes (a power of two from 512 to 2 MiB).
+    #[arg(long, default_value_t = 65536, value_name = "BYTES")]
+    pub cluster_size: u64,
+    /// Convert this internal snapshot (name or ID) instead of the current state.
+    #[arg(long, value_name = "S")]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// Write unreadable input ranges as zeros and list them (exit 1), instead of stopping.
+    #[arg(long, value_enum, value_name = "WITH")]
+    pub fill_unreadable: Option<FillArg>,
+    /// Replace OUTPUT if it exists (never when it is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the conversion report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vdr compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// First image.
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+    /// Print {"identical", "first_difference", "size_a", "size_b"} as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// Images of different sizes differ (by default the extra part of the larger one
+    /// only has to read as zeros, as with `qemu-img compare`).
+    #[arg(long)]
+    pub strict_size: bool,
+}
+
+/// Reports a usage error of `subcommand` the way clap does (message, usage line) and
+/// exits with 2.
+pub fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
+    let mut command = Cli::command();
+    command.build();
+    match command.find_subcommand_mut(subcommand) {
+        Some(sub) => sub
+            .clone()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
+        None => command
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn convert_defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["vdr", "convert", "in", "out"]).expect("parses");
+        let Command::Convert(args) = cli.command else {
+            panic!("not convert");
+        };
+        assert_eq!(args.format, OutputFormatArg::Raw);
+        assert_eq!(args.compression, CompressionArg::Deflate);
+        assert_eq!(args.threads, 0);
+        assert!(!args.compress && !args.force && args.fill_unreadable.is_none());
+    }
+}

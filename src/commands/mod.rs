@@ -1,0 +1,82 @@
+//! The commands of `vdr`, one file each, and what they share: opening an image with the
+//! user's options and the outcome that becomes the exit code.
+
+mod check;
+mod compare;
+mod convert;
+mod info;
+mod map;
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use vdr_formats::{open_disk, Chain, OpenOptions, ParseMode};
+
+use crate::cli::Command;
+
+/// How a command that ran to the end came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Nothing to report: exit 0.
+    Ok,
+    /// The command worked and found problems (check errors, a difference, filled ranges):
+    /// exit 1.
+    ProblemsFound,
+}
+
+impl Status {
+    /// The process exit code for this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Ok => 0,
+            Status::ProblemsFound => 1,
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(command: Command) -> Result<Status> {
+    match command {
+        Command::Info(args) => info::run(&args),
+        Command::Map(args) => map::run(&args),
+        Command::Check(args) => check::run(&args),
+        Command::Convert(args) => convert::run(&args),
+        Command::Compare(args) => compare::run(&args),
+    }
+}
+
+/// What the user asked for when opening an image.
+#[derive(Clone, Debug, Default)]
+pub struct OpenRequest {
+    pub salvage: bool,
+    pub snapshot: Option<String>,
+    pub no_backing: bool,
+}
+
+/// Opens `path` read-only with its backing chain (unless `no_backing`).
+pub fn open(path: &Path, request: &OpenRequest) -> Result<Chain> {
+    let options = OpenOptions {
+        mode: if request.salvage {
+            ParseMode::Salvage
+        } else {
+            ParseMode::Strict
+        },
+        snapshot: request.snapshot.clone(),
+        follow_backing: !request.no_backing,
+        ..OpenOptions::default()
+    };
+    let chain = open_disk(path, &options)?;
+    if let Some(snapshot) = &request.snapshot {
+        // Formats without internal snapshots ignore the option; asking for one there is a
+        // mistake worth stopping on rather than silently reading the current state.
+        let leaf = chain.leaf().info();
+        if leaf.snapshots.is_empty() {
+            bail!(
+                "{}: no internal snapshot '{snapshot}': the image ({}) has no internal snapshots",
+                path.display(),
+                leaf.format
+            );
+        }
+    }
+    Ok(chain)
+}
