@@ -1,0 +1,1 @@
+//! Unit tests: a hand-made image builder and damaged variants.
