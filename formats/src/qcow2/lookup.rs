@@ -263,14 +263,17 @@ impl Qcow2Disk {
                 host, alloc, zero, ..
             } => (alloc, zero, host),
         };
+        let sc_size = cs / h.subclusters();
         if alloc != 0 {
-            let needed = cs.min(self.virtual_size.saturating_sub(cluster_start));
+            // Only the allocated subclusters need to exist: qemu writes a partly allocated
+            // cluster at the end of the file only up to its last allocated subcluster.
+            let used = u64::from(32 - alloc.leading_zeros()) * sc_size;
+            let needed = used.min(self.virtual_size.saturating_sub(cluster_start));
             if let Err(what) = self.check_data_cluster(host, needed) {
                 let reason = self.damage("L2 table", l2_offset, format!("entry {index} {what}"))?;
                 return f(pos, end - pos, Mapping::Unreadable(reason));
             }
         }
-        let sc_size = cs / h.subclusters();
         let mut p = pos;
         while p < end {
             let sc = (p - cluster_start) / sc_size;
