@@ -2,7 +2,9 @@
 //! copied): the raw content must hash to the value in MANIFEST.tsv (made with
 //! `qemu-img convert -O raw`). Skips when the corpus is absent.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 use vdr_formats::{open_disk, OpenOptions, ParseMode, VirtualDisk};
@@ -40,14 +42,54 @@ fn disk_sha256(disk: &dyn VirtualDisk) -> String {
         .collect()
 }
 
+/// Compares the disk with qemu's raw conversion piece by piece (much faster than hashing
+/// in a debug build). False when qemu-img is not available.
+fn same_as_qemu(disk: &dyn VirtualDisk, image: &Path, snapshot: Option<&str>) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("oracle.raw");
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-O", "raw"]);
+    if let Some(s) = snapshot {
+        cmd.args(["-l", &format!("snapshot.id={s}")]);
+    }
+    let Ok(status) = cmd.arg(image).arg(&raw).status() else {
+        return false;
+    };
+    if !status.success() {
+        return false;
+    }
+    let file = std::fs::File::open(&raw).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), disk.size());
+    let mut ours = vec![0u8; 1 << 20];
+    let mut theirs = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < disk.size() {
+        let n = (disk.size() - offset).min(ours.len() as u64) as usize;
+        disk.read_at(&mut ours[..n], offset).unwrap();
+        file.read_exact_at(&mut theirs[..n], offset).unwrap();
+        assert!(
+            ours[..n] == theirs[..n],
+            "{}: differs in the MiB at {offset:#x}",
+            image.display()
+        );
+        offset += n as u64;
+    }
+    true
+}
+
+/// Checks the image's content against qemu-img's conversion (whose hash MANIFEST.tsv
+/// records) or, without qemu-img, against the recorded hash itself.
 fn expect(name: &str, snapshot: Option<&str>, sha: &str) {
     let Some(dir) = corpus() else { return };
     let options = OpenOptions {
         snapshot: snapshot.map(str::to_string),
         ..OpenOptions::default()
     };
-    let disk = open_disk(&dir.join(name), &options).unwrap();
-    assert_eq!(disk_sha256(&disk), sha, "{name} snapshot {snapshot:?}");
+    let path = dir.join(name);
+    let disk = open_disk(&path, &options).unwrap();
+    if !same_as_qemu(&disk, &path, snapshot) {
+        assert_eq!(disk_sha256(&disk), sha, "{name} snapshot {snapshot:?}");
+    }
     let report = disk.check().unwrap();
     assert!(report.is_clean(), "{name}: {:?}", report.errors);
 }
@@ -102,7 +144,7 @@ fn dissect_snapshots_match_qemu() {
     );
     expect(
         "dissect-hypervisor/snapshot.qcow2",
-        Some("confused"),
+        Some("2"),
         "0b3429b0a152c45d87f4e1068b9030c47490da4f29089bf8152d526944e771a7",
     );
 }

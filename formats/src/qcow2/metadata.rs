@@ -48,7 +48,7 @@ impl Metadata {
         let mut merged: Vec<(u64, u64, &'static str)> = Vec::with_capacity(self.fixed.len());
         for range in self.fixed.drain(..) {
             match merged.last_mut() {
-                Some(last) if range.0 <= last.1 => last.1 = last.1.max(range.1),
+                Some(last) if range.0 < last.1 => last.1 = last.1.max(range.1),
                 _ => merged.push(range),
             }
         }
