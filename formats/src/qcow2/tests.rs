@@ -62,7 +62,7 @@ impl Image {
         self.extensions
             .extend_from_slice(&(data.len() as u32).to_be_bytes());
         self.extensions.extend_from_slice(data);
-        while self.extensions.len() % 8 != 0 {
+        while !self.extensions.len().is_multiple_of(8) {
             self.extensions.push(0);
         }
         self
@@ -355,7 +355,7 @@ fn l1_entry_past_eof_makes_its_whole_span_unreadable_in_salvage() {
 #[test]
 fn broken_compressed_cluster_is_an_error_never_data() {
     // A compressed descriptor pointing at bytes that are not a deflate stream.
-    let img = Image::new(3).data(0, 0xff).entry(1, COMPRESSED | 5 * CS);
+    let img = Image::new(3).data(0, 0xff).entry(1, COMPRESSED | (5 * CS));
     for mode in [ParseMode::Strict, ParseMode::Salvage] {
         let disk = open(img.build(), mode).unwrap();
         let mut buf = vec![0u8; CS as usize];
