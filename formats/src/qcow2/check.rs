@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use crate::disk::{CheckReport, Finding, Severity};
 use crate::error::Error as CrateError;
 
-use super::header::{autoclear, OFFSET_MASK};
+use super::header::{autoclear, MAX_L1_BYTES, OFFSET_MASK};
 use super::lookup::{be_words, decode_l2_entry, L2Entry, COPIED};
 use super::{Error, Qcow2Disk};
 
@@ -24,6 +24,8 @@ const MAX_BEYOND: usize = 1 << 20;
 const MAX_REPORTED: usize = 10_000;
 /// Largest bitmap directory read (qemu: QCOW2_MAX_BITMAP_DIRECTORY_SIZE is 64 MiB).
 const MAX_BITMAP_DIRECTORY: u64 = 64 << 20;
+/// Largest bitmap table read (1 Mi entries: far more than any disk vdr can read needs).
+const MAX_BITMAP_TABLE: u64 = 8 << 20;
 
 /// The computed reference counts, and what the walk found wrong.
 struct Counter<'a> {
@@ -109,6 +111,11 @@ impl Counter<'_> {
     /// Counts an L1 table, its L2 tables and the clusters they map (`check_refcounts_l1`).
     fn l1(&mut self, offset: u64, entries: u32, active: bool) -> Result<(), CrateError> {
         let bytes = u64::from(entries) * 8;
+        if bytes > MAX_L1_BYTES {
+            let what = format!("{entries} entries exceed the limit of {}", MAX_L1_BYTES / 8);
+            self.error(offset, "L1 table", what);
+            return Ok(());
+        }
         self.inc(offset, bytes)?;
         let h = &self.disk.header;
         let cs = h.cluster_size;
@@ -228,11 +235,16 @@ impl Counter<'_> {
                 break;
             };
             let table_bytes = entries * 8;
-            self.inc(table, table_bytes)?;
-            if table
+            let fits = table
                 .checked_add(table_bytes)
-                .is_some_and(|e| e <= disk.source.len())
-            {
+                .is_some_and(|e| e <= disk.source.len());
+            if table_bytes > MAX_BITMAP_TABLE || !fits {
+                let what = format!(
+                    "bitmap table at {table:#x} of {entries} entries does not fit in the file"
+                );
+                self.error(ext.directory_offset, "bitmap directory", what);
+            } else {
+                self.inc(table, table_bytes)?;
                 for entry in be_words(&self.read_padded(table, table_bytes)?) {
                     let data = entry & OFFSET_MASK;
                     if data != 0 {
@@ -435,7 +447,7 @@ pub fn check(disk: &Qcow2Disk) -> Result<CheckReport, CrateError> {
             .div_ceil(512)
             .saturating_mul(512)
             .div_ceil(cs),
-        image_end_offset: Some(highest.map_or(cs, |k| (k + 1) * cs)),
+        image_end_offset: Some(highest.map_or(cs, |k| k.saturating_add(1).saturating_mul(cs))),
     })
 }
 

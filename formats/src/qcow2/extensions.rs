@@ -67,14 +67,27 @@ fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
 /// Parses the extensions in `cluster` (the image's first bytes, at most one cluster),
 /// starting at the end of the header (version 2 images carry them too, after byte 72) and ending at the type-0 terminator, the backing file
 /// name, or the end of the cluster.
-pub fn parse(cluster: &[u8], header: &Header, file: &str) -> Result<Extensions, Error> {
+///
+/// Returns what was parsed, and the damage that stopped parsing early, if any (an error in
+/// strict mode; in salvage mode the extensions before it are still used).
+pub fn parse(cluster: &[u8], header: &Header, file: &str) -> (Extensions, Option<Error>) {
+    let mut ext = Extensions::default();
+    let damage = parse_into(cluster, header, file, &mut ext).err();
+    (ext, damage)
+}
+
+fn parse_into(
+    cluster: &[u8],
+    header: &Header,
+    file: &str,
+    ext: &mut Extensions,
+) -> Result<(), Error> {
     let bad = |at: usize, what: String| Error::Structure {
         file: file.to_string(),
         structure: "header extension".into(),
         offset: at as u64,
         what,
     };
-    let mut ext = Extensions::default();
     let mut end = cluster.len();
     if let Some((offset, _)) = header.backing_name {
         end = end.min(usize::try_from(offset).unwrap_or(usize::MAX));
@@ -144,7 +157,7 @@ pub fn parse(cluster: &[u8], header: &Header, file: &str) -> Result<Extensions, 
         // Extension data is padded to a multiple of 8.
         at = data_start.saturating_add((len as usize).next_multiple_of(8));
     }
-    Ok(ext)
+    Ok(())
 }
 
 /// A string stored without terminator; padding zeros (if any) are dropped.

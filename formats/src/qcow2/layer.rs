@@ -107,7 +107,16 @@ impl Qcow2Disk {
         source
             .read_exact_at(&mut cluster, 0)
             .map_err(|e| crate::Error::io(&file, 0, "qcow2 header cluster", e))?;
-        let ext = extensions::parse(&cluster, &header, &file)?;
+        let mut opening = Opening {
+            source: source.as_ref(),
+            file: file.clone(),
+            mode: options.mode,
+            findings: Vec::new(),
+        };
+        let (ext, damage) = extensions::parse(&cluster, &header, &file);
+        if let Some(err) = damage {
+            opening.tolerate(err, u64::from(header.header_length), "header extension")?;
+        }
         let unknown = extensions::unknown_incompatible(&header, &ext);
         if !unknown.is_empty() {
             return Err(Error::UnknownFeatures {
@@ -127,12 +136,6 @@ impl Qcow2Disk {
         });
         let data = open_data_file(&source, &header, &ext)?;
 
-        let mut opening = Opening {
-            source: source.as_ref(),
-            file: file.clone(),
-            mode: options.mode,
-            findings: Vec::new(),
-        };
         let (snapshots, snapshots_bytes) = if header.nb_snapshots > 0 {
             match snapshot::read_table(
                 source.as_ref(),
