@@ -276,3 +276,57 @@ fn persistent_bitmaps_are_listed_and_counted_by_check() {
     assert_same_content(&img, None);
     assert_same_check(&img);
 }
+
+#[test]
+fn preallocated_images_read_and_map_like_qemu() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    for prealloc in ["metadata", "falloc", "full"] {
+        for compat in ["0.10", "1.1"] {
+            let img = dir.path().join(format!("pre-{prealloc}-{compat}.qcow2"));
+            create(
+                &img,
+                &format!("preallocation={prealloc},compat={compat}"),
+                "2M",
+            );
+            qemu_io(&img, &["write -P 0x99 100k 50k", "write -z 1M 64k"]);
+            assert_same_content(&img, None);
+            assert_same_map(&img);
+            assert_same_check(&img);
+        }
+    }
+}
+
+#[test]
+fn dirty_image_with_lazy_refcounts_reads_like_qemu_and_checks_like_qemu() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let img = dir.path().join("dirty.qcow2");
+    create(&img, "lazy_refcounts=on", "4M");
+    // `abort` ends qemu-io without flushing refcounts: the dirty bit stays set.
+    let _ = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 1 0 128k",
+            "-c",
+            "write -P 2 1M 64k",
+        ])
+        .args(["-c", "abort", p(&img)])
+        .output()
+        .unwrap();
+    let disk = open_disk(&img, &OpenOptions::default()).unwrap();
+    let features = disk.info().features;
+    assert!(features.iter().any(|f| f == "dirty"), "{features:?}");
+    assert!(
+        features.iter().any(|f| f == "lazy_refcounts"),
+        "{features:?}"
+    );
+    assert_same_content(&img, None);
+    assert_same_check(&img);
+}

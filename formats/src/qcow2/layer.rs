@@ -11,7 +11,7 @@ use crate::open::OpenOptions;
 use crate::source::{FileSource, Source, SourceRef};
 
 use super::extensions::{self, extension_name};
-use super::header::{Header, RawHeader, OFFSET_MASK, RAW_HEADER_LEN};
+use super::header::{incompatible, Header, RawHeader, OFFSET_MASK, RAW_HEADER_LEN};
 use super::lookup::{be_words, L2Cache};
 use super::metadata::Metadata;
 use super::snapshot::{self, Snapshot};
@@ -135,6 +135,26 @@ impl Qcow2Disk {
             }
         });
         let data = open_data_file(&source, &header, &ext)?;
+        for (bit, what) in [
+            (
+                incompatible::DIRTY,
+                "dirty bit set: refcounts may be stale (reading does not depend on them)",
+            ),
+            (
+                incompatible::CORRUPT,
+                "corrupt bit set: qemu found the metadata inconsistent",
+            ),
+        ] {
+            if header.incompatible & bit != 0 {
+                opening.findings.push(Finding {
+                    file: file.clone(),
+                    offset: 72,
+                    severity: Severity::Warning,
+                    structure: "qcow2 header".into(),
+                    what: what.into(),
+                });
+            }
+        }
 
         let (snapshots, snapshots_bytes) = if header.nb_snapshots > 0 {
             match snapshot::read_table(

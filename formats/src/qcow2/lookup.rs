@@ -269,7 +269,7 @@ impl Qcow2Disk {
             // cluster at the end of the file only up to its last allocated subcluster.
             let used = u64::from(32 - alloc.leading_zeros()) * sc_size;
             let needed = used.min(self.virtual_size.saturating_sub(cluster_start));
-            if let Err(what) = self.check_data_cluster(host, needed) {
+            if let Err(what) = self.check_data_cluster(host, needed, cluster_start) {
                 let reason = self.damage("L2 table", l2_offset, format!("entry {index} {what}"))?;
                 return f(pos, end - pos, Mapping::Unreadable(reason));
             }
@@ -294,10 +294,18 @@ impl Qcow2Disk {
         Ok(())
     }
 
-    /// Checks that a data cluster at `host` (of which `needed` bytes matter) is aligned,
-    /// inside its file and clear of metadata; says what is wrong otherwise.
-    fn check_data_cluster(&self, host: u64, needed: u64) -> Result<(), String> {
+    /// Checks that a data cluster at `host` (of which `needed` bytes matter) for the guest
+    /// cluster at `guest` is aligned, inside its file and clear of metadata, and, in an
+    /// external data file, at the guest offset (qcow2.txt, incompatible bit 2: "The offset
+    /// field in the Standard Cluster Descriptor must match the guest offset"); says what
+    /// is wrong otherwise.
+    fn check_data_cluster(&self, host: u64, needed: u64, guest: u64) -> Result<(), String> {
         let cs = self.header.cluster_size;
+        if self.header.has_data_file() && host != guest {
+            return Err(format!(
+                "points to data file offset {host:#x}, not the guest offset {guest:#x}"
+            ));
+        }
         if !host.is_multiple_of(cs) {
             return Err(format!("points to a misaligned data cluster at {host:#x}"));
         }
