@@ -149,8 +149,15 @@ impl Counter<'_> {
             let bitmap = pair.get(1).copied().unwrap_or(0);
             match decode_l2_entry(h, entry, bitmap) {
                 L2Entry::Unallocated { .. } => {}
-                L2Entry::Invalid(what) => {
+                L2Entry::Invalid { host, what } => {
                     self.error(offset, "L2 table", format!("entry {index}: {what}"));
+                    if host != 0 {
+                        // qemu counts an allocated cluster with a bad bitmap as allocated.
+                        self.allocated += u64::from(active);
+                        if !data_file {
+                            self.inc(host, cs)?;
+                        }
+                    }
                 }
                 L2Entry::Compressed {
                     host,

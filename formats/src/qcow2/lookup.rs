@@ -59,8 +59,9 @@ pub enum L2Entry {
         copied: bool,
         bitmap: u64,
     },
-    /// An entry no valid image contains.
-    Invalid(String),
+    /// An entry no valid image contains; `host` is the cluster it names (0 for none),
+    /// which qemu's check still counts as referenced.
+    Invalid { host: u64, what: String },
 }
 
 /// Decodes an L2 entry (and, with extended L2, its subcluster bitmap), following qemu's
@@ -101,16 +102,20 @@ pub fn decode_l2_entry(header: &Header, entry: u64, bitmap: u64) -> L2Entry {
     let zero = (bitmap >> 32) as u32;
     if unallocated {
         if alloc != 0 {
-            return L2Entry::Invalid(format!(
-                "unallocated cluster has allocated subclusters (bitmap {bitmap:#018x})"
-            ));
+            return L2Entry::Invalid {
+                host,
+                what: format!(
+                    "unallocated cluster has allocated subclusters (bitmap {bitmap:#018x})"
+                ),
+            };
         }
         return L2Entry::Unallocated { zero };
     }
     if alloc & zero != 0 {
-        return L2Entry::Invalid(format!(
-            "subclusters both allocated and zero (bitmap {bitmap:#018x})"
-        ));
+        return L2Entry::Invalid {
+            host,
+            what: format!("subclusters both allocated and zero (bitmap {bitmap:#018x})"),
+        };
     }
     L2Entry::Standard {
         host,
@@ -243,7 +248,7 @@ impl Qcow2Disk {
         let (alloc, zero, host) = match decode_l2_entry(h, entry, bitmap) {
             L2Entry::Unallocated { zero: 0 } => return f(pos, end - pos, Mapping::Unallocated),
             L2Entry::Unallocated { zero } => (0, zero, 0),
-            L2Entry::Invalid(what) => {
+            L2Entry::Invalid { what, .. } => {
                 let reason =
                     self.damage("L2 table", l2_offset, format!("entry {index}: {what}"))?;
                 return f(pos, end - pos, Mapping::Unreadable(reason));

@@ -251,9 +251,9 @@ fn subcluster_both_allocated_and_zero_is_invalid() {
     h.incompatible = 1 << 4;
     assert!(matches!(
         decode_l2_entry(&h, 0x10000, (1 << 32) | 1),
-        L2Entry::Invalid(_)
+        L2Entry::Invalid { .. }
     ));
-    assert!(matches!(decode_l2_entry(&h, 0, 1), L2Entry::Invalid(_)));
+    assert!(matches!(decode_l2_entry(&h, 0, 1), L2Entry::Invalid { .. }));
     assert!(matches!(
         decode_l2_entry(&h, 0x10000, (0b10 << 32) | 0b01),
         L2Entry::Standard {
