@@ -451,3 +451,33 @@ fn absurd_snapshot_count_is_refused_before_allocating() {
         .to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Damage anywhere in the metadata never panics, never allocates without bound, and
+    /// never turns an unreadable range into bytes: reads either succeed or fail cleanly.
+    #[test]
+    fn random_metadata_damage_never_panics(
+        header_flips in proptest::collection::vec((0usize..128, proptest::prelude::any::<u8>()), 0..4),
+        flips in proptest::collection::vec((0usize..5 * 4096, proptest::prelude::any::<u8>()), 1..12),
+        salvage in proptest::prelude::any::<bool>(),
+    ) {
+        let mut img = Image::new(3).data(0, 1).entry(2, ZERO).entry(3, COMPRESSED | (6 * CS));
+        img = img.data(7, 2).data(8, 3);
+        let mut bytes = img.build();
+        for (at, value) in header_flips.into_iter().chain(flips) {
+            bytes[at] = value;
+        }
+        let mode = if salvage { ParseMode::Salvage } else { ParseMode::Strict };
+        if let Ok(disk) = open(bytes, mode) {
+            let size = disk.size().min(1 << 24);
+            let _ = disk.map(0, size);
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = disk.read_at(&mut buf, 0);
+            let _ = disk.check();
+            let _ = disk.info();
+            let _ = disk.findings();
+        }
+    }
+}
