@@ -165,7 +165,9 @@ pub struct Header {
 }
 
 impl Header {
-    /// Validates `raw` for a file of `file_len` bytes named `file`.
+    /// Validates `raw` for a file of `file_len` bytes named `file`. The alignment of the
+    /// table offsets is left to the opener, which can go on without a table in salvage
+    /// mode.
     pub fn validate(raw: &RawHeader, file: &str, file_len: u64) -> Result<Header, Error> {
         let bad = |what: String| Error::Header {
             file: file.to_string(),
@@ -249,22 +251,6 @@ impl Header {
             2 => Some(Encryption::Luks),
             m => return Err(bad(format!("unknown crypt_method {m}"))),
         };
-        for (name, offset) in [
-            ("l1_table_offset", raw.l1_table_offset),
-            ("refcount_table_offset", raw.refcount_table_offset),
-        ] {
-            if offset % cluster_size != 0 {
-                return Err(bad(format!(
-                    "{name} {offset:#x} is not aligned to the cluster size {cluster_size:#x}"
-                )));
-            }
-        }
-        if raw.nb_snapshots > 0 && !raw.snapshots_offset.is_multiple_of(cluster_size) {
-            return Err(bad(format!(
-                "snapshots_offset {:#x} is not aligned to the cluster size",
-                raw.snapshots_offset
-            )));
-        }
         let l1_bytes = u64::from(raw.l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
             return Err(bad(format!(

@@ -156,7 +156,30 @@ impl Qcow2Disk {
             }
         }
 
-        let (snapshots, snapshots_bytes) = if header.nb_snapshots > 0 {
+        // qcow2.txt: the L1 table, refcount table and snapshot table "Must be aligned to a
+        // cluster boundary". Salvage reads a misaligned L1 table where it says it is, and
+        // goes on without a misaligned refcount or snapshot table.
+        let mut misaligned = |offset: u64, structure: &'static str| -> Result<bool, Error> {
+            if offset.is_multiple_of(header.cluster_size) {
+                return Ok(false);
+            }
+            let err = Error::Structure {
+                file: file.clone(),
+                structure: structure.into(),
+                offset,
+                what: format!(
+                    "offset is not aligned to the cluster size {:#x}",
+                    header.cluster_size
+                ),
+            };
+            opening.tolerate(err, offset, structure)?;
+            Ok(true)
+        };
+        misaligned(header.l1_table_offset, "L1 table")?;
+        let reftable_ok = !misaligned(header.refcount_table_offset, "refcount table")?;
+        let snapshots_ok =
+            header.nb_snapshots == 0 || !misaligned(header.snapshots_offset, "snapshot table")?;
+        let (snapshots, snapshots_bytes) = if header.nb_snapshots > 0 && snapshots_ok {
             match snapshot::read_table(
                 source.as_ref(),
                 header.snapshots_offset,
@@ -203,11 +226,15 @@ impl Qcow2Disk {
             }
         };
         let l1_entries = opening.read_table(l1_offset, u64::from(l1_size), l1_structure)?;
-        let reftable_entries = opening.read_table(
-            header.refcount_table_offset,
-            header.refcount_table_bytes() / 8,
-            "refcount table",
-        )?;
+        let reftable_entries = if reftable_ok {
+            opening.read_table(
+                header.refcount_table_offset,
+                header.refcount_table_bytes() / 8,
+                "refcount table",
+            )?
+        } else {
+            Vec::new()
+        };
 
         let mut metadata = Metadata::new(header.cluster_size);
         metadata.add(0, header.cluster_size, "header");

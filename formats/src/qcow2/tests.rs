@@ -481,3 +481,22 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn misaligned_refcount_table_is_strict_error_but_salvage_still_reads() {
+    let mut bytes = Image::new(3).data(0, 0x42).build();
+    bytes[48..56].copy_from_slice(&(REFTABLE + 8).to_be_bytes());
+    let err = open(bytes.clone(), ParseMode::Strict)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("refcount table at 0x1008: offset is not aligned"),
+        "{err}"
+    );
+    let disk = open(bytes, ParseMode::Salvage).unwrap();
+    let mut buf = vec![0u8; CS as usize];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|b| *b == 0x42));
+    assert_eq!(disk.findings().len(), 1);
+}
