@@ -161,6 +161,18 @@ impl L2Cache {
     }
 }
 
+/// A guest cluster and the L2 table entry that maps it.
+#[derive(Clone, Copy)]
+struct GuestCluster<'a> {
+    table: &'a [u64],
+    /// Host offset of the L2 table (for messages).
+    l2_offset: u64,
+    /// Entry index in the table.
+    index: u64,
+    /// Guest offset of the cluster's first byte.
+    start: u64,
+}
+
 /// Where an L1 entry leads.
 enum L2Ref {
     Unallocated,
@@ -207,34 +219,33 @@ impl Qcow2Disk {
                 let index = (pos >> h.cluster_bits) & l2_mask;
                 let cluster_start = pos & !(cs - 1);
                 let cluster_end = cluster_start.saturating_add(cs).min(span_end);
-                self.classify_cluster(
-                    &table,
+                let cluster = GuestCluster {
+                    table: &table,
                     l2_offset,
                     index,
-                    cluster_start,
-                    pos,
-                    cluster_end,
-                    f,
-                )?;
+                    start: cluster_start,
+                };
+                self.classify_cluster(&cluster, pos, cluster_end, f)?;
                 pos = cluster_end;
             }
         }
         Ok(())
     }
 
-    /// Classifies `[pos, end)` inside the guest cluster starting at `cluster_start`, whose
-    /// entry is `index` of the L2 table at `l2_offset`.
-    #[allow(clippy::too_many_arguments)]
+    /// Classifies `[pos, end)`, which lies inside `cluster`.
     fn classify_cluster(
         &self,
-        table: &[u64],
-        l2_offset: u64,
-        index: u64,
-        cluster_start: u64,
+        cluster: &GuestCluster<'_>,
         pos: u64,
         end: u64,
         f: &mut dyn FnMut(u64, u64, Mapping) -> Result<(), CrateError>,
     ) -> Result<(), CrateError> {
+        let GuestCluster {
+            table,
+            l2_offset,
+            index,
+            start: cluster_start,
+        } = *cluster;
         let h = &self.header;
         let cs = h.cluster_size;
         let words = h.l2_entry_bytes() / 8;
