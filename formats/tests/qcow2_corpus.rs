@@ -6,6 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod qcow2_support;
+
 use sha2::{Digest, Sha256};
 use vdr_formats::{open_disk, OpenOptions, ParseMode, VirtualDisk};
 
@@ -197,4 +199,25 @@ fn binwalk_header_only_file_reads_unreadable_in_salvage_mode() {
     assert!(!disk.findings().is_empty());
     let mut buf = [0u8; 512];
     assert!(disk.read_at(&mut buf, 0).is_err());
+}
+
+#[test]
+fn corpus_maps_and_checks_agree_with_qemu() {
+    let Some(dir) = corpus() else { return };
+    if !qcow2_support::have_qemu() {
+        return;
+    }
+    for name in [
+        "dfvfs/ext2.qcow2",
+        "dfvfs/windows_volume.qcow2",
+        "dissect-hypervisor/basic.qcow2",
+        "dissect-hypervisor/basic-zstd.qcow2",
+        "dissect-hypervisor/snapshot.qcow2",
+        "dissect-hypervisor/backing-chain-3.qcow2",
+        "qcow2-rs/test.qcow2",
+    ] {
+        let path = dir.join(name);
+        qcow2_support::assert_same_map(&path);
+        qcow2_support::assert_same_check(&path);
+    }
 }
