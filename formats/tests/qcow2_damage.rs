@@ -33,6 +33,7 @@ fn truncated_image_is_an_error_in_strict_and_unreadable_in_salvage() {
     );
     let unreadable = assert_salvage_matches_elsewhere(&img, &good);
     assert_eq!(unreadable, vec![(3 << 20, 65536)]);
+    assert_same_check(&img);
 }
 
 #[test]
@@ -53,6 +54,7 @@ fn l2_entry_past_eof_is_an_error_in_strict_and_unreadable_in_salvage() {
     assert!(err.contains(&expected), "{err}");
     let unreadable = assert_salvage_matches_elsewhere(&img, &good);
     assert_eq!(unreadable, vec![(1 << 20, 65536)]);
+    assert_same_check(&img);
 }
 
 #[test]
@@ -68,6 +70,7 @@ fn data_cluster_overlapping_metadata_is_unreadable_in_salvage() {
     patch(&img, l2, &((1u64 << 63) | l2).to_be_bytes());
     let unreadable = assert_salvage_matches_elsewhere(&img, &good);
     assert_eq!(unreadable, vec![(0, 65536)]);
+    assert_same_check(&img);
 }
 
 #[test]

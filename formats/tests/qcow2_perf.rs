@@ -43,3 +43,22 @@ fn sequential_read_throughput() {
         rss_kib()
     );
 }
+
+#[test]
+#[ignore]
+fn print_info() {
+    let Ok(path) = std::env::var("VDR_QCOW2_INFO") else {
+        return;
+    };
+    let options = OpenOptions {
+        mode: vdr_formats::ParseMode::Salvage,
+        ..OpenOptions::default()
+    };
+    let disk = open_disk(Path::new(&path), &options).unwrap();
+    println!("{}", serde_json::to_string_pretty(&disk.info()).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&disk.check().unwrap()).unwrap()
+    );
+    println!("{:?}", disk.findings());
+}

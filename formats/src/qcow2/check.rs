@@ -58,6 +58,20 @@ impl Counter<'_> {
         if size == 0 {
             return Ok(());
         }
+        // qemu (qcow2_inc_refcounts_imrt) refuses to count a region that ends a cluster or
+        // more past the end of the file, and reports it as a corruption instead.
+        let limit = self
+            .disk
+            .source
+            .len()
+            .saturating_add(1 << self.cluster_bits);
+        if offset.saturating_add(size) >= limit {
+            let what = format!(
+                "reference to {size:#x} bytes at {offset:#x} exceeds the end of the file by a cluster or more"
+            );
+            self.error(offset, "refcount", what);
+            return Ok(());
+        }
         let first = offset >> self.cluster_bits;
         let last = offset.saturating_add(size - 1) >> self.cluster_bits;
         for k in first..=last {

@@ -31,12 +31,16 @@ impl Opening<'_> {
         if self.mode == ParseMode::Strict {
             return Err(err);
         }
+        let what = match err {
+            Error::Structure { what, .. } => what,
+            other => other.to_string(),
+        };
         self.findings.push(Finding {
             file: self.file.clone(),
             offset,
             severity: Severity::Error,
             structure: structure.to_string(),
-            what: err.to_string(),
+            what,
         });
         Ok(())
     }
