@@ -161,6 +161,13 @@ impl L2Cache {
     }
 }
 
+/// What is wrong with a data cluster an L2 entry names.
+struct DataProblem {
+    what: String,
+    /// For a cluster cut short by the end of the file: how many of its bytes are there.
+    present: Option<u64>,
+}
+
 /// A guest cluster and the L2 table entry that maps it.
 #[derive(Clone, Copy)]
 struct GuestCluster<'a> {
@@ -280,14 +287,25 @@ impl Qcow2Disk {
             } => (alloc, zero, host),
         };
         let sc_size = cs / h.subclusters();
+        // Guest bytes from `readable_end` on are unreadable (a data cluster cut short by
+        // the end of the file, in salvage mode), for the `cut` reason.
+        let mut readable_end = end;
+        let mut cut = None;
         if alloc != 0 {
             // Only the allocated subclusters need to exist: qemu writes a partly allocated
             // cluster at the end of the file only up to its last allocated subcluster.
             let used = u64::from(32 - alloc.leading_zeros()) * sc_size;
             let needed = used.min(self.virtual_size.saturating_sub(cluster_start));
-            if let Err(what) = self.check_data_cluster(host, needed, cluster_start) {
-                let reason = self.damage("L2 table", l2_offset, format!("entry {index} {what}"))?;
-                return f(pos, end - pos, Mapping::Unreadable(reason));
+            if let Err(problem) = self.check_data_cluster(host, needed, cluster_start) {
+                let what = format!("entry {index} {}", problem.what);
+                let reason = self.damage("L2 table", l2_offset, what)?;
+                let Some(present) = problem.present else {
+                    return f(pos, end - pos, Mapping::Unreadable(reason));
+                };
+                // Salvage of a truncated cluster: the bytes still in the file are its
+                // true content; only the missing tail is unreadable.
+                readable_end = cluster_start.saturating_add(present);
+                cut = Some(reason);
             }
         }
         let mut p = pos;
@@ -295,48 +313,62 @@ impl Qcow2Disk {
             let sc = (p - cluster_start) / sc_size;
             let sc_end = (cluster_start + (sc + 1) * sc_size).min(end);
             let bit = 1u32 << sc;
-            let mapping = if zero & bit != 0 {
-                Mapping::Zero
-            } else if alloc & bit != 0 {
-                Mapping::Data {
-                    host: host + (p - cluster_start),
-                }
+            if zero & bit != 0 {
+                f(p, sc_end - p, Mapping::Zero)?;
+            } else if alloc & bit == 0 {
+                f(p, sc_end - p, Mapping::Unallocated)?;
             } else {
-                Mapping::Unallocated
-            };
-            f(p, sc_end - p, mapping)?;
+                let data_end = sc_end.min(readable_end).max(p);
+                if p < data_end {
+                    let host = host + (p - cluster_start);
+                    f(p, data_end - p, Mapping::Data { host })?;
+                }
+                if let (true, Some(reason)) = (data_end < sc_end, &cut) {
+                    f(
+                        data_end,
+                        sc_end - data_end,
+                        Mapping::Unreadable(reason.clone()),
+                    )?;
+                }
+            }
             p = sc_end;
         }
         Ok(())
     }
 
     /// Checks that a data cluster at `host` (of which `needed` bytes matter) for the guest
-    /// cluster at `guest` is aligned, inside its file and clear of metadata, and, in an
+    /// cluster at `guest` is aligned, clear of metadata, inside its file, and, in an
     /// external data file, at the guest offset (qcow2.txt, incompatible bit 2: "The offset
-    /// field in the Standard Cluster Descriptor must match the guest offset"); says what
-    /// is wrong otherwise.
-    fn check_data_cluster(&self, host: u64, needed: u64, guest: u64) -> Result<(), String> {
+    /// field in the Standard Cluster Descriptor must match the guest offset").
+    fn check_data_cluster(&self, host: u64, needed: u64, guest: u64) -> Result<(), DataProblem> {
         let cs = self.header.cluster_size;
+        let whole = |what: String| DataProblem {
+            what,
+            present: None,
+        };
         if self.header.has_data_file() && host != guest {
-            return Err(format!(
+            return Err(whole(format!(
                 "points to data file offset {host:#x}, not the guest offset {guest:#x}"
-            ));
+            )));
         }
         if !host.is_multiple_of(cs) {
-            return Err(format!("points to a misaligned data cluster at {host:#x}"));
-        }
-        let data_len = self.data.len();
-        if host.checked_add(needed).is_none_or(|e| e > data_len) {
-            return Err(format!(
-                "points past end of file ({host:#x} + {needed:#x} > {data_len:#x})"
-            ));
+            return Err(whole(format!(
+                "points to a misaligned data cluster at {host:#x}"
+            )));
         }
         if !self.header.has_data_file() {
             if let Some(what) = self.metadata.overlap(host, cs, true) {
-                return Err(format!(
+                return Err(whole(format!(
                     "points to a data cluster at {host:#x} that overlaps the {what}"
-                ));
+                )));
             }
+        }
+        let data_len = self.data.len();
+        if host.checked_add(needed).is_none_or(|e| e > data_len) {
+            return Err(DataProblem {
+                what: format!("points past end of file ({host:#x} + {needed:#x} > {data_len:#x})"),
+                present: Some(data_len.saturating_sub(host)),
+            });
         }
         Ok(())
     }
