@@ -359,17 +359,6 @@ impl Qcow2Disk {
                 json!({"id": s.id, "name": s.name}),
             );
         }
-        if !self.ext.feature_names.is_empty() {
-            details.insert(
-                "feature_name_table".into(),
-                json!(self
-                    .ext
-                    .feature_names
-                    .iter()
-                    .map(|f| json!({"type": f.kind, "bit": f.bit, "name": f.name}))
-                    .collect::<Vec<_>>()),
-            );
-        }
         DiskInfo {
             format: "qcow2".into(),
             file: self.file.clone(),

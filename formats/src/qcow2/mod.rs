@@ -224,6 +224,24 @@ impl Qcow2Disk {
         if h.compression == CompressionType::Zstd {
             out.push("compression_type=zstd".into());
         }
+        // Unknown compatible and autoclear bits are harmless for reading; name them (from
+        // the feature name table when it has them) so they are not silently hidden.
+        let known_compatible = compatible::LAZY_REFCOUNTS;
+        let known_autoclear = autoclear::BITMAPS | autoclear::DATA_FILE_RAW;
+        for (kind, bits, label) in [
+            (1u8, h.compatible & !known_compatible, "compatible"),
+            (2u8, h.autoclear & !known_autoclear, "autoclear"),
+        ] {
+            for bit in (0..64u8).filter(|b| bits & (1u64 << b) != 0) {
+                let name = self
+                    .ext
+                    .feature_names
+                    .iter()
+                    .find(|f| f.kind == kind && f.bit == bit && !f.name.is_empty())
+                    .map_or_else(|| format!("bit {bit}"), |f| f.name.clone());
+                out.push(format!("{label}:{name}"));
+            }
+        }
         out
     }
 

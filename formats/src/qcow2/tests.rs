@@ -500,3 +500,32 @@ fn misaligned_refcount_table_is_strict_error_but_salvage_still_reads() {
     assert!(buf.iter().all(|b| *b == 0x42));
     assert_eq!(disk.findings().len(), 1);
 }
+
+#[test]
+fn info_names_known_and_unknown_feature_bits() {
+    let mut name = vec![1u8, 5];
+    name.extend_from_slice(b"shiny");
+    name.resize(48, 0);
+    let mut bytes = Image::new(3)
+        .extension(0x6803_f857, &name)
+        .data(0, 1)
+        .build();
+    // dirty + corrupt incompatible bits, lazy refcounts + unknown compatible bits 5 and 7.
+    bytes[72..80].copy_from_slice(&3u64.to_be_bytes());
+    bytes[80..88].copy_from_slice(&((1u64 << 5) | (1 << 7) | 1).to_be_bytes());
+    let disk = open(bytes, ParseMode::Strict).unwrap();
+    let info = disk.info();
+    assert_eq!(
+        info.features,
+        vec![
+            "dirty",
+            "corrupt",
+            "lazy_refcounts",
+            "compatible:shiny",
+            "compatible:bit 7"
+        ]
+    );
+    assert_eq!(info.format_version.as_deref(), Some("3"));
+    assert_eq!(info.details["refcount_bits"], 16);
+    assert_eq!(disk.findings().len(), 2, "dirty and corrupt are findings");
+}
