@@ -365,3 +365,50 @@ fn snapshot_of_a_smaller_disk_keeps_its_own_size() {
     assert!(ours[..] == theirs[..3 << 20]);
     assert!(theirs[3 << 20..].iter().all(|b| *b == 0));
 }
+
+#[test]
+fn compressed_image_reads_correctly_from_several_threads() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let raw = dir.path().join("pattern.raw");
+    pattern_raw(&raw, 2 << 20);
+    let img = dir.path().join("threads.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            p(&raw),
+            p(&img),
+        ],
+    );
+    let expected = std::sync::Arc::new(std::fs::read(&raw).unwrap());
+    let disk = std::sync::Arc::new(open_disk(&img, &OpenOptions::default()).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (disk, expected) = (disk.clone(), expected.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 10_000];
+                for i in 0..300u64 {
+                    let offset = ((i * 104_729 + t * 7_919) % (2_000_000)) as usize;
+                    disk.read_at(&mut buf, offset as u64).unwrap();
+                    assert!(
+                        buf[..] == expected[offset..offset + buf.len()],
+                        "at {offset}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
