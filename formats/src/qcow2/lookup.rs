@@ -172,6 +172,8 @@ struct DataProblem {
 #[derive(Clone, Copy)]
 struct GuestCluster<'a> {
     table: &'a [u64],
+    /// Why entries past the end of `table` are unreadable.
+    cut: Option<&'a str>,
     /// Host offset of the L2 table (for messages).
     l2_offset: u64,
     /// Entry index in the table.
@@ -184,7 +186,13 @@ struct GuestCluster<'a> {
 enum L2Ref {
     Unallocated,
     Damaged(String),
-    Table { offset: u64, entries: Arc<[u64]> },
+    /// An L2 table; `cut` says why entries past the end of `entries` are unreadable
+    /// (a table cut short by the end of the file, salvage mode).
+    Table {
+        offset: u64,
+        entries: Arc<[u64]>,
+        cut: Option<String>,
+    },
 }
 
 impl Qcow2Disk {
@@ -208,7 +216,7 @@ impl Qcow2Disk {
                 .checked_add(1)
                 .and_then(|i| i.checked_shl(span_bits))
                 .map_or(end, |e| e.min(end));
-            let (l2_offset, table) = match self.l2_for(l1_index)? {
+            let (l2_offset, table, cut) = match self.l2_for(l1_index)? {
                 L2Ref::Unallocated => {
                     f(pos, span_end - pos, Mapping::Unallocated)?;
                     pos = span_end;
@@ -219,7 +227,11 @@ impl Qcow2Disk {
                     pos = span_end;
                     continue;
                 }
-                L2Ref::Table { offset, entries } => (offset, entries),
+                L2Ref::Table {
+                    offset,
+                    entries,
+                    cut,
+                } => (offset, entries, cut),
             };
             let l2_mask = (1u64 << h.l2_bits()) - 1;
             while pos < span_end {
@@ -228,6 +240,7 @@ impl Qcow2Disk {
                 let cluster_end = cluster_start.saturating_add(cs).min(span_end);
                 let cluster = GuestCluster {
                     table: &table,
+                    cut: cut.as_deref(),
                     l2_offset,
                     index,
                     start: cluster_start,
@@ -249,6 +262,7 @@ impl Qcow2Disk {
     ) -> Result<(), CrateError> {
         let GuestCluster {
             table,
+            cut,
             l2_offset,
             index,
             start: cluster_start,
@@ -257,6 +271,12 @@ impl Qcow2Disk {
         let cs = h.cluster_size;
         let words = h.l2_entry_bytes() / 8;
         let slot = usize::try_from(index * words).unwrap_or(usize::MAX);
+        if slot.saturating_add(words as usize) > table.len() {
+            let reason = cut
+                .unwrap_or("L2 table is shorter than a cluster")
+                .to_string();
+            return f(pos, end - pos, Mapping::Unreadable(reason));
+        }
         let entry = table.get(slot).copied().unwrap_or(0);
         let bitmap = if words == 2 {
             table.get(slot.saturating_add(1)).copied().unwrap_or(0)
@@ -272,7 +292,7 @@ impl Qcow2Disk {
                 return f(pos, end - pos, Mapping::Unreadable(reason));
             }
             L2Entry::Compressed { host, len, .. } => {
-                let mapping = match self.check_compressed(host, len) {
+                let mapping = match self.check_compressed(host) {
                     Ok(()) => Mapping::Compressed { host, len },
                     Err(what) => Mapping::Unreadable(self.damage(
                         "L2 table",
@@ -374,7 +394,7 @@ impl Qcow2Disk {
     }
 
     /// Checks a compressed cluster's stream position; says what is wrong otherwise.
-    fn check_compressed(&self, host: u64, len: u64) -> Result<(), String> {
+    fn check_compressed(&self, host: u64) -> Result<(), String> {
         if self.header.has_data_file() {
             return Err("is compressed, which images with an external data file cannot be".into());
         }
@@ -384,7 +404,10 @@ impl Qcow2Disk {
                 "points past end of file (compressed data at {host:#x}, file ends at {file_len:#x})"
             ));
         }
-        if let Some(what) = self.metadata.overlap(host, len.max(1), true) {
+        // Only where the stream starts is certain: the sector count may be generous
+        // (qcow2.txt: "the compressed data does not necessarily occupy all of the bytes in
+        // the final sector"), so its end may touch the next cluster, metadata or not.
+        if let Some(what) = self.metadata.overlap(host, 1, true) {
             return Err(format!(
                 "points to compressed data at {host:#x} that overlaps the {what}"
             ));
@@ -414,17 +437,10 @@ impl Qcow2Disk {
             return Ok(L2Ref::Unallocated);
         }
         let cs = self.header.cluster_size;
+        let file_len = self.source.len();
         let problem = if !l2_offset.is_multiple_of(cs) {
             Some(format!(
                 "entry {l1_index} points to a misaligned L2 table at {l2_offset:#x}"
-            ))
-        } else if l2_offset
-            .checked_add(cs)
-            .is_none_or(|e| e > self.source.len())
-        {
-            Some(format!(
-                "entry {l1_index} points past end of file (L2 table at {l2_offset:#x}, file ends at {:#x})",
-                self.source.len()
             ))
         } else {
             self.metadata
@@ -438,23 +454,41 @@ impl Qcow2Disk {
                 what,
             )?));
         }
+        if l2_offset.checked_add(cs).is_none_or(|e| e > file_len) {
+            let what = format!(
+                "entry {l1_index} points past end of file (L2 table at {l2_offset:#x}, file ends at {file_len:#x})"
+            );
+            let reason = self.damage(l1.structure, l1.offset, what)?;
+            // Salvage: the part of the table still in the file maps its clusters; the
+            // rest is unreadable. Not cached: this happens once per truncated file.
+            let present = file_len.saturating_sub(l2_offset).min(cs);
+            let entries = self.read_l2_bytes(l2_offset, present)?;
+            return Ok(L2Ref::Table {
+                offset: l2_offset,
+                entries,
+                cut: Some(reason),
+            });
+        }
         if let Some(entries) = self.lock_l2_cache().get(l2_offset) {
             return Ok(L2Ref::Table {
                 offset: l2_offset,
                 entries,
+                cut: None,
             });
         }
-        let entries = self.read_l2_table(l2_offset)?;
+        let entries = self.read_l2_bytes(l2_offset, cs)?;
         self.lock_l2_cache().insert(l2_offset, entries.clone());
         Ok(L2Ref::Table {
             offset: l2_offset,
             entries,
+            cut: None,
         })
     }
 
-    /// Reads the L2 table at `offset` (one cluster) as big-endian 64-bit words.
-    pub(super) fn read_l2_table(&self, offset: u64) -> Result<Arc<[u64]>, CrateError> {
-        let mut bytes = vec![0u8; usize::try_from(self.header.cluster_size).unwrap_or(0)];
+    /// Reads `len` bytes (at most a cluster) of the L2 table at `offset` as big-endian
+    /// 64-bit words.
+    fn read_l2_bytes(&self, offset: u64, len: u64) -> Result<Arc<[u64]>, CrateError> {
+        let mut bytes = vec![0u8; usize::try_from(len.min(self.header.cluster_size)).unwrap_or(0)];
         self.source
             .read_exact_at(&mut bytes, offset)
             .map_err(|e| CrateError::io(&self.file, offset, "L2 table", e))?;

@@ -529,3 +529,26 @@ fn info_names_known_and_unknown_feature_bits() {
     assert_eq!(info.details["refcount_bits"], 16);
     assert_eq!(disk.findings().len(), 2, "dirty and corrupt are findings");
 }
+
+#[test]
+fn l2_table_cut_by_the_end_of_the_file_keeps_its_present_entries_in_salvage() {
+    let mut bytes = Image::new(3).entry(0, ZERO).build();
+    bytes.truncate((L2 + 16) as usize);
+    let disk = open(bytes.clone(), ParseMode::Salvage).unwrap();
+    let map = disk.map(0, 1 << 20).unwrap();
+    let kinds: Vec<_> = map.iter().map(|e| (e.offset, e.kind.name())).collect();
+    assert_eq!(
+        kinds,
+        vec![(0, "zero"), (CS, "unallocated"), (2 * CS, "unreadable")]
+    );
+    assert_eq!(map[2].end(), 1 << 20);
+    let err = open(bytes, ParseMode::Strict)
+        .unwrap()
+        .map(0, 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("L1 table at 0x3000: entry 0 points past end of file"),
+        "{err}"
+    );
+}
