@@ -308,9 +308,9 @@ impl Qcow2Disk {
         };
         let sc_size = cs / h.subclusters();
         // Guest bytes from `readable_end` on are unreadable (a data cluster cut short by
-        // the end of the file, in salvage mode), for the `cut` reason.
+        // the end of the file, in salvage mode), for the `tail_reason`.
         let mut readable_end = end;
-        let mut cut = None;
+        let mut tail_reason = None;
         if alloc != 0 {
             // Only the allocated subclusters need to exist: qemu writes a partly allocated
             // cluster at the end of the file only up to its last allocated subcluster.
@@ -325,7 +325,7 @@ impl Qcow2Disk {
                 // Salvage of a truncated cluster: the bytes still in the file are its
                 // true content; only the missing tail is unreadable.
                 readable_end = cluster_start.saturating_add(present);
-                cut = Some(reason);
+                tail_reason = Some(reason);
             }
         }
         let mut p = pos;
@@ -343,7 +343,7 @@ impl Qcow2Disk {
                     let host = host + (p - cluster_start);
                     f(p, data_end - p, Mapping::Data { host })?;
                 }
-                if let (true, Some(reason)) = (data_end < sc_end, &cut) {
+                if let (true, Some(reason)) = (data_end < sc_end, &tail_reason) {
                     f(
                         data_end,
                         sc_end - data_end,
