@@ -40,29 +40,44 @@ fn compressed_images_read_like_qemu_for_zlib_and_zstd() {
     let dir = tempdir();
     let raw = dir.path().join("pattern.raw");
     pattern_raw(&raw, 3 * 1024 * 1024 + 12345 * 3);
-    for kind in ["zlib", "zstd"] {
-        for cluster in ["4k", "64k", "2M"] {
-            let img = dir.path().join(format!("c-{kind}-{cluster}.qcow2"));
-            let opts = format!("compression_type={kind},cluster_size={cluster}");
-            run(
-                "qemu-img",
-                &[
-                    "convert",
-                    "-c",
-                    "-f",
-                    "raw",
-                    "-O",
-                    "qcow2",
-                    "-o",
-                    &opts,
-                    p(&raw),
-                    p(&img),
-                ],
-            );
-            assert_same_content(&img, None);
-            assert_same_map(&img);
-            assert_same_check(&img);
-        }
+    // Version 2 images know only deflate (no compression_type field).
+    let cases = [
+        ("0.10", "zlib", "512"),
+        ("0.10", "zlib", "64k"),
+        ("1.1", "zlib", "4k"),
+        ("1.1", "zlib", "64k"),
+        ("1.1", "zlib", "2M"),
+        ("1.1", "zstd", "512"),
+        ("1.1", "zstd", "64k"),
+        ("1.1", "zstd", "2M"),
+    ];
+    for (compat, kind, cluster) in cases {
+        let img = dir
+            .path()
+            .join(format!("c-{compat}-{kind}-{cluster}.qcow2"));
+        let opts = if compat == "0.10" {
+            format!("compat=0.10,cluster_size={cluster}")
+        } else {
+            format!("compression_type={kind},cluster_size={cluster}")
+        };
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                &opts,
+                p(&raw),
+                p(&img),
+            ],
+        );
+        assert_same_content(&img, None);
+        assert_same_map(&img);
+        assert_same_check(&img);
     }
 }
 
