@@ -53,7 +53,7 @@ pub mod autoclear {
 
 /// The header fields as stored (big-endian). Version 3 fields are read from the bytes that
 /// follow; for a version 2 image they are ignored by [`Header::validate`].
-#[derive(BinRead, Debug, Clone)]
+#[derive(BinRead, Debug, Clone, Default)]
 #[br(big)]
 pub struct RawHeader {
     pub magic: [u8; 4],
@@ -90,27 +90,7 @@ impl RawHeader {
         // Every field is a fixed-width integer and the buffer holds exactly enough bytes,
         // so reading cannot fail; fall back to an all-zero header (rejected by the magic
         // check) rather than panic if binrw ever says otherwise.
-        RawHeader::read(&mut Cursor::new(&bytes[..])).unwrap_or(RawHeader {
-            magic: [0; 4],
-            version: 0,
-            backing_file_offset: 0,
-            backing_file_size: 0,
-            cluster_bits: 0,
-            size: 0,
-            crypt_method: 0,
-            l1_size: 0,
-            l1_table_offset: 0,
-            refcount_table_offset: 0,
-            refcount_table_clusters: 0,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible_features: 0,
-            compatible_features: 0,
-            autoclear_features: 0,
-            refcount_order: 0,
-            header_length: 0,
-            compression_type: 0,
-        })
+        RawHeader::read(&mut Cursor::new(&bytes[..])).unwrap_or_default()
     }
 }
 
