@@ -11,7 +11,7 @@ use crate::open::OpenOptions;
 use crate::source::{FileSource, Source, SourceRef};
 
 use super::extensions::{self, extension_name};
-use super::header::{incompatible, Header, RawHeader, OFFSET_MASK, RAW_HEADER_LEN};
+use super::header::{incompatible, Header, RawHeader, MAX_L1_BYTES, OFFSET_MASK, RAW_HEADER_LEN};
 use super::lookup::{be_words, L2Cache};
 use super::metadata::Metadata;
 use super::snapshot::{self, Snapshot};
@@ -86,31 +86,7 @@ impl Qcow2Disk {
     pub fn open(source: SourceRef, options: &OpenOptions) -> Result<Qcow2Disk, crate::Error> {
         let file = source.name().to_string();
         let file_len = source.len();
-        let mut head = [0u8; RAW_HEADER_LEN];
-        let n = source
-            .read_at(&mut head, 0)
-            .map_err(|e| crate::Error::io(&file, 0, "qcow2 header", e))?;
-        let raw = RawHeader::parse(head.get(..n).unwrap_or_default());
-        if n < 72 {
-            if raw.magic != super::header::MAGIC {
-                return Err(Error::BadMagic {
-                    file,
-                    found: raw.magic,
-                }
-                .into());
-            }
-            return Err(Error::Header {
-                file,
-                what: format!("file of {file_len} bytes is too short for a qcow2 header"),
-            }
-            .into());
-        }
-        let header = Header::validate(&raw, &file, file_len)?;
-        let cluster_len = header.cluster_size.min(file_len);
-        let mut cluster = vec![0u8; usize::try_from(cluster_len).unwrap_or(0)];
-        source
-            .read_exact_at(&mut cluster, 0)
-            .map_err(|e| crate::Error::io(&file, 0, "qcow2 header cluster", e))?;
+        let (header, cluster) = read_header(source.as_ref())?;
         let mut opening = Opening {
             source: source.as_ref(),
             file: file.clone(),
@@ -240,42 +216,39 @@ impl Qcow2Disk {
             Vec::new()
         };
 
-        let mut metadata = Metadata::new(header.cluster_size);
-        metadata.add(0, header.cluster_size, "header");
-        metadata.add(
-            header.l1_table_offset,
-            u64::from(header.l1_size) * 8,
-            "L1 table",
-        );
-        metadata.add(
-            header.refcount_table_offset,
-            header.refcount_table_bytes(),
-            "refcount table",
-        );
-        metadata.add(header.snapshots_offset, snapshots_bytes, "snapshot table");
+        // Snapshot L1 tables that do not fit in the file are damage; they are left out of
+        // the metadata map so a garbage size cannot shadow the whole file.
+        let mut fitting_snapshots = Vec::with_capacity(snapshots.len());
         for s in &snapshots {
-            metadata.add(
-                s.l1_table_offset,
-                u64::from(s.l1_size) * 8,
-                "snapshot L1 table",
-            );
-        }
-        if let Some((offset, len)) = ext.crypto_header {
-            metadata.add(offset, len, "encryption header");
-        }
-        for entry in &reftable_entries {
-            let block = entry & OFFSET_MASK;
-            if block != 0 && block.is_multiple_of(header.cluster_size) && block < file_len {
-                metadata.add(block, header.cluster_size, "refcount block");
+            let bytes = u64::from(s.l1_size) * 8;
+            if bytes <= MAX_L1_BYTES
+                && s.l1_table_offset
+                    .checked_add(bytes)
+                    .is_some_and(|e| e <= file_len)
+            {
+                fitting_snapshots.push((s.l1_table_offset, bytes));
+                continue;
             }
+            let err = Error::Structure {
+                file: file.clone(),
+                structure: "snapshot table".into(),
+                offset: s.entry_offset,
+                what: format!(
+                    "snapshot {} L1 table at {:#x} ({} entries) does not fit in the file",
+                    s.id, s.l1_table_offset, s.l1_size
+                ),
+            };
+            opening.tolerate(err, s.entry_offset, "snapshot table")?;
         }
-        for entry in &l1_entries {
-            let table = entry & OFFSET_MASK;
-            if table != 0 {
-                metadata.add_l2_table(table);
-            }
-        }
-        metadata.finish();
+        let metadata = metadata_map(&MetadataSources {
+            header: &header,
+            snapshot_l1s: &fitting_snapshots,
+            snapshots_bytes,
+            crypto_header: ext.crypto_header,
+            refcount_table: &reftable_entries,
+            l1: &l1_entries,
+            file_len,
+        });
 
         let mut log = FindingLog::default();
         for finding in opening.findings {
@@ -378,6 +351,87 @@ impl Qcow2Disk {
             details,
         }
     }
+}
+
+/// Reads and validates the header; returns it with the header cluster (or as much of it
+/// as the file holds), where extensions and the backing file name live.
+fn read_header(source: &dyn Source) -> Result<(Header, Vec<u8>), crate::Error> {
+    let file = source.name().to_string();
+    let file_len = source.len();
+    let mut head = [0u8; RAW_HEADER_LEN];
+    let n = source
+        .read_at(&mut head, 0)
+        .map_err(|e| crate::Error::io(&file, 0, "qcow2 header", e))?;
+    let raw = RawHeader::parse(head.get(..n).unwrap_or_default());
+    if n < 72 {
+        if raw.magic != super::header::MAGIC {
+            return Err(Error::BadMagic {
+                file,
+                found: raw.magic,
+            }
+            .into());
+        }
+        return Err(Error::Header {
+            file,
+            what: format!("file of {file_len} bytes is too short for a qcow2 header"),
+        }
+        .into());
+    }
+    let header = Header::validate(&raw, &file, file_len)?;
+    let cluster_len = header.cluster_size.min(file_len);
+    let mut cluster = vec![0u8; usize::try_from(cluster_len).unwrap_or(0)];
+    source
+        .read_exact_at(&mut cluster, 0)
+        .map_err(|e| crate::Error::io(&file, 0, "qcow2 header cluster", e))?;
+    Ok((header, cluster))
+}
+
+/// What the metadata map is built from.
+struct MetadataSources<'a> {
+    header: &'a Header,
+    /// (offset, bytes) of every snapshot's L1 table that fits in the file.
+    snapshot_l1s: &'a [(u64, u64)],
+    snapshots_bytes: u64,
+    crypto_header: Option<(u64, u64)>,
+    refcount_table: &'a [u64],
+    /// The L1 table in use: its L2 tables are metadata too.
+    l1: &'a [u64],
+    file_len: u64,
+}
+
+/// Where the image's metadata lives (see [`Metadata`]).
+fn metadata_map(from: &MetadataSources<'_>) -> Metadata {
+    let h = from.header;
+    let cs = h.cluster_size;
+    let mut metadata = Metadata::new(cs);
+    metadata.add(0, cs, "header");
+    metadata.add(h.l1_table_offset, u64::from(h.l1_size) * 8, "L1 table");
+    metadata.add(
+        h.refcount_table_offset,
+        h.refcount_table_bytes(),
+        "refcount table",
+    );
+    metadata.add(h.snapshots_offset, from.snapshots_bytes, "snapshot table");
+    for (offset, bytes) in from.snapshot_l1s {
+        metadata.add(*offset, *bytes, "snapshot L1 table");
+    }
+    if let Some((offset, len)) = from.crypto_header {
+        metadata.add(offset, len, "encryption header");
+    }
+    for entry in from.refcount_table {
+        let block = entry & OFFSET_MASK;
+        if block != 0 && block.is_multiple_of(cs) && block < from.file_len {
+            metadata.add(block, cs, "refcount block");
+        }
+    }
+    for entry in from.l1 {
+        let table = entry & OFFSET_MASK;
+        if table != 0 {
+            metadata.add_l2_table(table);
+        }
+    }
+    metadata.finish();
+    metadata
 }
 
 /// Checks a snapshot's L1 table position before it is used.
