@@ -1,6 +1,6 @@
 //! Cluster lookup (qcow2.txt "Cluster mapping" and "Extended L2 Entries"): the one place
 //! that turns a guest offset into a classified [`Mapping`]. `map`, `read_at` and the
-//! salvage logic all walk guest ranges through [`Qcow2Disk::walk`]; `check` decodes L2
+//! salvage logic all walk guest ranges through `Qcow2Disk::walk`; `check` decodes L2
 //! entries with the same [`decode_l2_entry`].
 
 use std::collections::{HashMap, VecDeque};

@@ -14,6 +14,16 @@
 //!
 //! Encrypted images open (so `info` can describe them) but their data is never returned:
 //! vdr does not decrypt.
+//!
+//! Where vdr differs from qemu on purpose:
+//! - an external data file name is resolved relative to the image's directory (qemu opens
+//!   it relative to its working directory);
+//! - reading a snapshot gives a disk of the snapshot's own size (its extra data's
+//!   disk_size, what `qemu-img snapshot -a` restores); `qemu-img convert -l` keeps the
+//!   active size and pads with zeros;
+//! - in a version 2 image, L2 entry bit 0 is reserved, not a zero flag;
+//! - damaged metadata is never read as data: strict mode refuses it, salvage mode reports
+//!   the range as unreadable (qemu reads what the entries say, or zeros past the end).
 
 pub mod check;
 pub mod compressed;
