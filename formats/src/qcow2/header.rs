@@ -245,9 +245,6 @@ impl Header {
                 raw.refcount_table_clusters, MAX_REFCOUNT_TABLE_BYTES
             )));
         }
-        if raw.refcount_table_clusters == 0 {
-            return Err(bad("refcount_table_clusters is 0".into()));
-        }
         let needed_l1 = l1_entries_for(raw.size, raw.cluster_bits, l2_entry_bytes(incompatible))
             .ok_or_else(|| bad(format!("virtual size {:#x} is too large", raw.size)))?;
         if u64::from(raw.l1_size) < needed_l1 {

@@ -156,9 +156,20 @@ impl Qcow2Disk {
             Ok(true)
         };
         misaligned(header.l1_table_offset, "L1 table")?;
-        let reftable_ok = !misaligned(header.refcount_table_offset, "refcount table")?;
+        let mut reftable_ok = !misaligned(header.refcount_table_offset, "refcount table")?;
         let snapshots_ok =
             header.nb_snapshots == 0 || !misaligned(header.snapshots_offset, "snapshot table")?;
+        if header.refcount_table_clusters == 0 {
+            // Every image has at least one refcount table cluster (qemu refuses 0).
+            let err = Error::Structure {
+                file: file.clone(),
+                structure: "refcount table".into(),
+                offset: header.refcount_table_offset,
+                what: "refcount_table_clusters is 0".into(),
+            };
+            opening.tolerate(err, header.refcount_table_offset, "refcount table")?;
+            reftable_ok = false;
+        }
         let (snapshots, snapshots_bytes) = if header.nb_snapshots > 0 && snapshots_ok {
             match snapshot::read_table(
                 source.as_ref(),
