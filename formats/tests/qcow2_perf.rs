@@ -36,6 +36,16 @@ fn sequential_read_throughput() {
         offset += n as u64;
     }
     let secs = start.elapsed().as_secs_f64();
+    let timed = Instant::now();
+    let extents = disk.map(0, disk.size()).unwrap().len();
+    let map_secs = timed.elapsed().as_secs_f64();
+    let timed = Instant::now();
+    let report = disk.check().unwrap();
+    println!(
+        "map: {extents} extents in {map_secs:.3} s; check: clean={} in {:.3} s",
+        report.is_clean(),
+        timed.elapsed().as_secs_f64()
+    );
     println!(
         "{path}: {} MiB in {secs:.2} s = {:.0} MiB/s, peak RSS {} KiB (checksum {checksum})",
         disk.size() >> 20,
