@@ -158,6 +158,10 @@ pub(super) struct Qcow2Writer<'a> {
 
 impl<'a> Qcow2Writer<'a> {
     /// Prepares the layout of a new, empty `file` for a disk of `size` bytes.
+    ///
+    /// The header's size is rounded up to whole 512-byte sectors: qemu reads a qcow2 size
+    /// in sectors (it drops a partial last sector) and reads a raw file of such a size as
+    /// one padded with zeros, so the padded size is what qemu-img convert itself writes.
     pub fn new(
         file: File,
         path: &'a str,
@@ -174,6 +178,7 @@ impl<'a> Qcow2Writer<'a> {
                 "qcow2 cluster size {cluster_size} is not a power of two from 512 to 2 MiB"
             )));
         }
+        let size = size.next_multiple_of(512);
         let l2_entries = cluster_size / 8;
         let l1_size = size.div_ceil(cluster_size * l2_entries);
         if l1_size * 8 > MAX_L1_BYTES {
