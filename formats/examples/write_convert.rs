@@ -3,11 +3,20 @@
 //!
 //! `cargo run --release -p vdr-formats --example write_convert -- IN OUT raw|qcow2
 //!  [none|deflate|zstd] [THREADS] [CLUSTER_SIZE]`
+//!
+//! With `VDR_BENCH_MMAP=1` a raw input is read through a mapping instead of a file, so no
+//! copy offload happens: every byte goes through the workers' read path, as compressed
+//! input does.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use vdr_formats::{convert, open_disk, Compression, ConvertOptions, OpenOptions, OutputFormat};
+use vdr_formats::raw::RawDisk;
+use vdr_formats::{
+    convert, open_disk, Compression, ConvertOptions, MmapSource, OpenOptions, OutputFormat,
+    VirtualDisk,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,9 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(c) = rest.get(2) {
         options.cluster_size = c.parse()?;
     }
-    let disk = open_disk(Path::new(input), &OpenOptions::default())?;
+    let disk: Box<dyn VirtualDisk> = if std::env::var_os("VDR_BENCH_MMAP").is_some() {
+        Box::new(RawDisk::new(Arc::new(MmapSource::open(input)?)))
+    } else {
+        Box::new(open_disk(Path::new(input), &OpenOptions::default())?)
+    };
     let start = Instant::now();
-    let report = convert(&disk, Path::new(output), &options, &|_| {})?;
+    let report = convert(disk.as_ref(), Path::new(output), &options, &|_| {})?;
     let secs = start.elapsed().as_secs_f64();
     println!("{}", serde_json::to_string(&report)?);
     println!(

@@ -163,20 +163,25 @@ fn convert_raw(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ConvertReport, Error> {
     let size = disk.size();
-    let mut writer = raw::RawWriter::new(file, path, size)?;
+    let target = raw::RawTarget::new(file, path, size)?;
+    let mut report = ConvertReport {
+        virtual_size: size,
+        output_size: size,
+        ..ConvertReport::default()
+    };
     let plan = pipeline::Plan::new(size, raw::UNIT_LEN, options.threads, IN_FLIGHT_BUDGET);
     pipeline::run(
         plan,
         path,
-        || Ok(()),
-        |_, offset, len| raw::prepare(disk, offset, len, options.unreadable),
-        |offset, len, unit| {
-            writer.write_unit(unit)?;
+        || Ok(Vec::new()),
+        |buf, offset, len| target.write_unit(disk, offset, len, options.unreadable, buf),
+        |offset, len, done| {
+            raw::account(&mut report, done);
             progress(offset + len);
             Ok(())
         },
     )?;
-    Ok(writer.finish())
+    Ok(report)
 }
 
 fn convert_qcow2(
