@@ -53,6 +53,17 @@ impl<'a> Appender<'a> {
         Ok(())
     }
 
+    /// Appends `bytes` with a write of their own, without copying them (what is pending
+    /// goes first).
+    pub fn append_direct(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.flush()?;
+        self.file
+            .write_all_at(bytes, self.pending_at)
+            .map_err(|e| write_error(self.path, e))?;
+        self.pending_at += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Appends zeros up to the next multiple of `align` (a power of two).
     pub fn align(&mut self, align: u64) -> Result<(), Error> {
         let pad = self.pos().next_multiple_of(align) - self.pos();

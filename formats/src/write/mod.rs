@@ -9,6 +9,8 @@
 //! - `gather.rs`: reading a unit: the extent map, the unreadable policy, the bytes.
 //! - `raw.rs` + `copy.rs`: sparse raw output; long data runs of a file source go through
 //!   `copy_file_range(2)`.
+//! - `clusters.rs`: the worker side of qcow2 output: a unit's clusters, zero / plain /
+//!   compressed.
 //! - `qcow2.rs` + `refcount.rs` + `appender.rs`: the QCOW2 v3 layout (header, L1/L2,
 //!   packed compressed clusters, refcounts streamed as they become final).
 //! - `compress.rs`: deflate (4 KiB window, no header) and zstd cluster compression.
@@ -34,6 +36,7 @@ use crate::disk::VirtualDisk;
 use crate::error::Error;
 
 mod appender;
+mod clusters;
 mod compress;
 mod copy;
 mod gather;
@@ -196,31 +199,33 @@ fn convert_qcow2(
     let mut writer = qcow2::Qcow2Writer::new(file, path, size, cluster_size, options.compression)?;
     let plan = pipeline::Plan::new(
         size,
-        qcow2::unit_len(cluster_size),
+        clusters::unit_len(cluster_size),
         options.threads,
         IN_FLIGHT_BUDGET,
     );
+    let (recycle, recycled): clusters::Recycler = crossbeam_channel::bounded(plan.window);
     pipeline::run(
         plan,
         path,
         || {
-            options
+            let compressor = options
                 .compression
                 .map(|kind| compress::ClusterCompressor::new(kind, cluster_size as usize, path))
-                .transpose()
-        },
-        |compressor, offset, len| {
-            qcow2::prepare(
-                disk,
-                offset,
-                len,
-                options.unreadable,
+                .transpose()?;
+            Ok(clusters::ClusterWorker::new(
                 cluster_size,
-                compressor.as_mut(),
-            )
+                options.unreadable,
+                compressor,
+                recycled.clone(),
+            ))
         },
+        |worker, offset, len| worker.prepare(disk, offset, len),
         |offset, len, unit| {
-            writer.write_unit(offset, unit)?;
+            let buffer = writer.write_unit(offset, unit)?;
+            if buffer.capacity() > 0 {
+                // Full pool: the buffer is simply freed.
+                let _ = recycle.try_send(buffer);
+            }
             progress(offset + len);
             Ok(())
         },

@@ -23,16 +23,14 @@
 //! pieces touching it. Plain clusters and metadata start on a cluster boundary.
 
 use std::fs::File;
-use std::ops::Range;
 
-use crate::disk::{ExtentKind, VirtualDisk};
 use crate::error::Error;
 
 use super::appender::Appender;
-use super::compress::ClusterCompressor;
-use super::gather::{is_zero, map_unit, push_unreadable, read_extent};
+use super::clusters::{ClusterOut, Qcow2Unit};
+use super::gather::push_unreadable;
 use super::refcount::{end_layout, Refcounts};
-use super::{Compression, ConvertReport, UnreadablePolicy, UnreadableRange};
+use super::{Compression, ConvertReport};
 
 /// L1/L2 bit 63: the cluster's refcount is exactly one ("COPIED").
 const COPIED: u64 = 1 << 63;
@@ -49,96 +47,6 @@ const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
 /// Smallest and largest cluster sizes qemu opens.
 pub(super) const MIN_CLUSTER: u64 = 512;
 pub(super) const MAX_CLUSTER: u64 = 2 << 20;
-
-/// Work unit of the qcow2 writer: whole clusters, about 2 MiB.
-pub(super) fn unit_len(cluster_size: u64) -> u64 {
-    (2u64 << 20).max(cluster_size)
-}
-
-/// How one cluster of a unit is stored; ranges index [`Qcow2Unit::bytes`].
-enum ClusterOut {
-    Zero,
-    Plain(Range<usize>),
-    Compressed(Range<usize>),
-}
-
-/// What a worker prepared for one unit.
-pub(super) struct Qcow2Unit {
-    bytes: Vec<u8>,
-    clusters: Vec<ClusterOut>,
-    unreadable: Vec<UnreadableRange>,
-}
-
-/// Worker side: reads the unit, finds zero clusters, compresses the others if asked.
-pub(super) fn prepare(
-    disk: &dyn VirtualDisk,
-    offset: u64,
-    len: u64,
-    policy: UnreadablePolicy,
-    cluster_size: u64,
-    compressor: Option<&mut ClusterCompressor>,
-) -> Result<Qcow2Unit, Error> {
-    let mut unreadable = Vec::new();
-    let extents = map_unit(disk, offset, len, policy, &mut unreadable)?;
-    // The last cluster of a disk whose size is not a cluster multiple is padded with zeros,
-    // as qemu pads it before compressing.
-    let padded = usize::try_from(len.next_multiple_of(cluster_size))
-        .map_err(|_| bad_size(disk, offset, len))?;
-    let mut buf = vec![0u8; padded];
-    for extent in &extents {
-        if matches!(
-            extent.kind,
-            ExtentKind::Data { .. } | ExtentKind::Compressed { .. }
-        ) {
-            let start = (extent.offset - offset) as usize;
-            let end = start + extent.len as usize;
-            read_extent(disk, extent, &mut buf[start..end])?;
-        }
-    }
-    let cs = cluster_size as usize;
-    let mut clusters = Vec::with_capacity(padded / cs);
-    let bytes = match compressor {
-        None => {
-            for (i, cluster) in buf.chunks_exact(cs).enumerate() {
-                clusters.push(if is_zero(cluster) {
-                    ClusterOut::Zero
-                } else {
-                    ClusterOut::Plain(i * cs..(i + 1) * cs)
-                });
-            }
-            buf
-        }
-        Some(compressor) => {
-            let mut out = Vec::new();
-            for cluster in buf.chunks_exact(cs) {
-                let start = out.len();
-                clusters.push(if is_zero(cluster) {
-                    ClusterOut::Zero
-                } else if let Some(n) = compressor.compress(cluster, &mut out) {
-                    ClusterOut::Compressed(start..start + n)
-                } else {
-                    out.extend_from_slice(cluster);
-                    ClusterOut::Plain(start..start + cs)
-                });
-            }
-            out
-        }
-    };
-    Ok(Qcow2Unit {
-        bytes,
-        clusters,
-        unreadable,
-    })
-}
-
-fn bad_size(disk: &dyn VirtualDisk, offset: u64, len: u64) -> Error {
-    Error::OutOfRange {
-        file: disk.info().file,
-        offset,
-        len,
-        size: disk.size(),
-    }
-}
 
 /// Writer side: places clusters and metadata in the file, in order.
 pub(super) struct Qcow2Writer<'a> {
@@ -212,43 +120,90 @@ impl<'a> Qcow2Writer<'a> {
         })
     }
 
-    /// Writes the clusters of the unit at virtual `offset`.
-    pub fn write_unit(&mut self, offset: u64, unit: Qcow2Unit) -> Result<(), Error> {
+    /// Writes the clusters of the unit at virtual `offset`; gives back the unit's buffer
+    /// for reuse.
+    pub fn write_unit(&mut self, offset: u64, unit: Qcow2Unit) -> Result<Vec<u8>, Error> {
         let first = offset / self.cluster_size;
-        for (i, cluster) in unit.clusters.iter().enumerate() {
+        let mut i = 0;
+        while i < unit.clusters.len() {
             let virtual_cluster = first + i as u64;
             let table = virtual_cluster / self.l2_entries;
             if table != self.l2_index {
                 self.finish_l2()?;
                 self.l2_index = table;
             }
-            let virtual_len = self
-                .cluster_size
-                .min(self.size - virtual_cluster * self.cluster_size);
-            let entry = match cluster {
+            match &unit.clusters[i] {
                 ClusterOut::Zero => {
-                    self.report.zero_bytes += virtual_len;
-                    continue;
+                    self.report.zero_bytes += self.virtual_len(virtual_cluster, 1);
+                    i += 1;
                 }
-                ClusterOut::Plain(range) => self.place_plain(&unit.bytes[range.clone()])?,
+                ClusterOut::Plain(range) => {
+                    // Neighbouring plain clusters of one L2 table go out in one write,
+                    // straight from the unit's buffer.
+                    let table_end = (table + 1) * self.l2_entries;
+                    let mut end = range.end;
+                    let mut n = 1;
+                    while let Some(ClusterOut::Plain(next)) = unit.clusters.get(i + n) {
+                        if next.start != end || virtual_cluster + n as u64 >= table_end {
+                            break;
+                        }
+                        end = next.end;
+                        n += 1;
+                    }
+                    let placed =
+                        self.place_plain_run(virtual_cluster, &unit.bytes[range.start..end])?;
+                    i += placed;
+                }
                 ClusterOut::Compressed(range) => {
                     self.report.compressed_clusters += 1;
-                    self.place_compressed(&unit.bytes[range.clone()])?
+                    let entry = self.place_compressed(&unit.bytes[range.clone()])?;
+                    self.set_l2(virtual_cluster, entry);
+                    self.report.data_bytes += self.virtual_len(virtual_cluster, 1);
+                    i += 1;
                 }
-            };
-            self.report.data_bytes += virtual_len;
-            self.l2[(virtual_cluster % self.l2_entries) as usize] = entry;
+            }
         }
         for range in unit.unreadable {
             push_unreadable(&mut self.report.unreadable, range);
         }
-        Ok(())
+        Ok(unit.bytes)
     }
 
-    /// Stores a whole cluster on a cluster boundary; returns its L2 entry.
-    fn place_plain(&mut self, cluster: &[u8]) -> Result<u64, Error> {
+    /// Virtual bytes of `n` clusters from `virtual_cluster` (the disk's last cluster may
+    /// be short).
+    fn virtual_len(&self, virtual_cluster: u64, n: u64) -> u64 {
+        let start = virtual_cluster * self.cluster_size;
+        (n * self.cluster_size).min(self.size - start)
+    }
+
+    fn set_l2(&mut self, virtual_cluster: u64, entry: u64) {
+        self.l2[(virtual_cluster % self.l2_entries) as usize] = entry;
+    }
+
+    /// Stores as many of the whole clusters in `run` (virtual clusters from
+    /// `virtual_cluster` on, all in the current L2 table) as fit before the next refcount
+    /// block must be written, in one write; returns how many it stored (at least one).
+    fn place_plain_run(&mut self, virtual_cluster: u64, run: &[u8]) -> Result<usize, Error> {
+        let cs = self.cluster_size;
+        self.out.align(cs)?;
         self.store_finished_refcount_blocks()?;
+        let host = self.out.pos();
+        let room = self.refcounts.first_block_end() - host / cs;
+        let n = (run.len() as u64 / cs).min(room).max(1);
+        self.out.append_direct(&run[..(n * cs) as usize])?;
+        for k in 0..n {
+            self.add_ref(host / cs + k)?;
+            self.set_l2(virtual_cluster + k, (host + k * cs) | COPIED);
+        }
+        self.report.data_bytes += self.virtual_len(virtual_cluster, n);
+        Ok(n as usize)
+    }
+
+    /// Stores a whole cluster of metadata on a cluster boundary; returns its offset with
+    /// COPIED set.
+    fn place_plain(&mut self, cluster: &[u8]) -> Result<u64, Error> {
         self.out.align(self.cluster_size)?;
+        self.store_finished_refcount_blocks()?;
         let host = self.out.pos();
         self.out.append(cluster)?;
         self.add_ref(host / self.cluster_size)?;

@@ -71,6 +71,11 @@ impl Refcounts {
         cursor_cluster >= self.window_start + self.entries_per_block
     }
 
+    /// The first cluster past the range of the window's first block.
+    pub fn first_block_end(&self) -> u64 {
+        self.window_start + self.entries_per_block
+    }
+
     /// Takes the first block of the window as an on-disk refcount block (big-endian,
     /// `cluster_size` bytes) and moves the window on. The caller stores it and records
     /// where in `table`.
