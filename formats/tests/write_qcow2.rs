@@ -165,6 +165,35 @@ fn every_extent_kind_converts_to_what_read_at_returns() {
 }
 
 #[test]
+fn a_chain_converts_into_one_flat_image() {
+    require_qemu_img!();
+    let leaf = ScriptedDisk::new(&[
+        Piece::Data(text_bytes(1 << 20, 1)),
+        Piece::Unallocated(2 << 20),
+        Piece::Compressed(text_bytes(1 << 20, 2)),
+    ])
+    .with_parent("base.raw");
+    let base_bytes = random_bytes(3 << 20, 3);
+    let mut expected_bytes = leaf.content().to_vec();
+    expected_bytes[1 << 20..3 << 20].copy_from_slice(&base_bytes[1 << 20..3 << 20]);
+    let base: std::sync::Arc<dyn vdr_formats::VirtualDisk> =
+        std::sync::Arc::new(slice_disk(&base_bytes));
+    let chain =
+        vdr_formats::Chain::build(std::sync::Arc::new(leaf), None, &OneParent(base), 8).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.raw");
+    std::fs::write(&expected, &expected_bytes).unwrap();
+
+    let flat = dir.path().join("flat.raw");
+    run(&chain, &flat, &ConvertOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&flat).unwrap(), expected_bytes);
+    let out = dir.path().join("flat.qcow2");
+    run(&chain, &out, &qcow2(65536, Some(Compression::Deflate), 2)).unwrap();
+    qemu_check_clean(&out);
+    qemu_compare_identical(&expected, &out);
+}
+
+#[test]
 fn unreadable_range_fails_by_default_naming_the_offset() {
     let disk = ScriptedDisk::new(&[
         Piece::Data(text_bytes(3 << 20, 1)),

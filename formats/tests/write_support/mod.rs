@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use vdr_formats::disk::{clip_end, DiskInfo, Extent, ExtentKind, VirtualDisk};
+use vdr_formats::disk::{clip_end, DiskInfo, Extent, ExtentKind, ParentRef, VirtualDisk};
 use vdr_formats::raw::RawDisk;
 use vdr_formats::source::{FileSource, SliceSource, SourceRef};
 use vdr_formats::{convert, ConvertOptions, ConvertReport, Error};
@@ -135,6 +135,7 @@ pub enum Piece {
 /// A `VirtualDisk` made of scripted extents; `Compressed` content is only reachable
 /// through `read_at` (as a real compressed image's is), `Unreadable` ranges fail there.
 pub struct ScriptedDisk {
+    parent: Option<ParentRef>,
     extents: Vec<Extent>,
     content: Vec<u8>,
     data: SourceRef,
@@ -193,11 +194,22 @@ impl ScriptedDisk {
             })
             .collect();
         ScriptedDisk {
+            parent: None,
             extents,
             content,
             data,
             packed,
         }
+    }
+
+    /// The same disk, naming a parent (its `Unallocated` ranges then read the parent's
+    /// bytes in a `Chain`).
+    pub fn with_parent(mut self, name: &str) -> ScriptedDisk {
+        self.parent = Some(ParentRef {
+            name: name.into(),
+            format: None,
+        });
+        self
     }
 
     /// The bytes the disk reads as, with unreadable ranges as zeros.
@@ -235,6 +247,10 @@ impl VirtualDisk for ScriptedDisk {
         assert!(end <= self.size());
         buf.copy_from_slice(&self.content[offset as usize..end as usize]);
         Ok(())
+    }
+
+    fn parent(&self) -> Option<ParentRef> {
+        self.parent.clone()
     }
 
     fn info(&self) -> DiskInfo {
@@ -315,4 +331,17 @@ pub fn qemu_info(image: &Path) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success());
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Resolves every parent name to one fixed disk.
+pub struct OneParent(pub Arc<dyn VirtualDisk>);
+
+impl vdr_formats::ParentResolver for OneParent {
+    fn resolve(
+        &self,
+        _child: &dyn VirtualDisk,
+        parent: &ParentRef,
+    ) -> Result<(Arc<dyn VirtualDisk>, String), Error> {
+        Ok((self.0.clone(), parent.name.clone()))
+    }
 }
