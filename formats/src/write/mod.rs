@@ -4,8 +4,11 @@
 //! What each file is for:
 //! - `pipeline.rs`: cuts the virtual disk into cluster-aligned work units; `threads`
 //!   workers prepare units (map, read, decompress input through `read_at`, compress
-//!   output); the calling thread writes them strictly in unit order, with a bounded
-//!   window of units in flight, and reports progress.
+//!   output); the calling thread consumes them strictly in unit order, with a bounded
+//!   window of units in flight, and reports progress. For qcow2 the consumer is the one
+//!   writer, so the layout is the same for any thread count; for raw, where every byte's
+//!   place is its virtual offset, the workers write their own units and the consumer only
+//!   adds up the report (measured faster, see below).
 //! - `gather.rs`: reading a unit: the extent map, the unreadable policy, the bytes.
 //! - `raw.rs` + `copy.rs`: sparse raw output; long data runs of a file source go through
 //!   `copy_file_range(2)`.
@@ -17,13 +20,31 @@
 //!
 //! The output is created with `create_new` and is the only file written. On error it is
 //! removed again (it is ours: `create_new` made it), so a failed conversion leaves nothing
-//! that looks like a finished image. The output is not fsync'ed (like qemu-img with its
-//! default cache mode and cp); callers that need durability sync it.
+//! that looks like a finished image. The output is not fsync'ed (neither does qemu-img
+//! convert with its default output cache mode: strace shows no sync call); callers that
+//! need durability sync it.
 //!
 //! Memory is bounded by the pipeline window (at most `IN_FLIGHT_BUDGET` bytes of units,
-//! but always two per worker) plus, for qcow2, the L1 table and a few clusters of
-//! metadata: it does not grow with the disk beyond the L1 (8 bytes per L2 table) and the
-//! refcount table (8 bytes per refcount block).
+//! but always one per worker and one more) plus, for qcow2, the L1 table and a few clusters
+//! of metadata: it does not grow with the disk beyond the L1 (8 bytes per L2 table) and
+//! the refcount table (8 bytes per refcount block). Measured peak RSS on a 4 GiB raw
+//! disk holding 2 GiB of data: 2.5 MB for raw output, 27.5 MB for `qcow2 -c` with two
+//! threads.
+//!
+//! Raw output, same 4 GiB input on ext4 (medians of 5, machine loaded by other builds, so
+//! the spread is wide: each set is one interleaved run):
+//!
+//! | set | vdr (2 threads, copy_file_range) | qemu-img | qemu-img -C |
+//! |-----|----------------------------------|----------|-------------|
+//! | 1   | 0.60 s                           | 0.96 s   | —           |
+//! | 2   | 1.60 s                           | 1.68 s   | 1.76 s      |
+//! | 3   | 1.32 s                           | 0.80 s   | 1.61 s      |
+//! | 4   | 1.22 s                           | 1.07 s   | —           |
+//!
+//! One writer thread issuing every copy took 0.79 s where the parallel workers took
+//! 0.60 s; reading and writing through buffers instead of copy_file_range took 1.69 s
+//! against 1.22 s (set 4). qcow2 output without compression: 1.29 s against qemu-img's
+//! 0.77 s (one set), 1.57 s against 1.68 s (another).
 //!
 //! Compression level: deflate uses zlib's default level 6 (what qemu uses) with qemu's
 //! 4 KiB window; zstd level 3 (zstd's default, what qemu uses). Measured 2026-11-26 on this
