@@ -252,6 +252,48 @@ fn unreadable_range_becomes_zeros_and_is_listed_under_zeros_policy() {
 }
 
 #[test]
+fn read_errors_under_zeros_policy_leave_zeros_and_are_listed() {
+    require_qemu_img!();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.bin");
+    std::fs::write(&short, random_bytes(70_000, 5)).unwrap();
+    let source: vdr_formats::SourceRef =
+        std::sync::Arc::new(vdr_formats::FileSource::open(&short).unwrap());
+    let disk = ScriptedDisk::new(&[
+        Piece::Data(text_bytes(300_000, 1)),
+        Piece::Stored(source, 10_000, 200_000),
+        Piece::Data(text_bytes(300_000, 2)),
+    ]);
+    let out = dir.path().join("salvaged.qcow2");
+    let options = ConvertOptions {
+        unreadable: UnreadablePolicy::Zeros,
+        ..qcow2(4096, Some(Compression::Zstd), 2)
+    };
+    let report = run(&disk, &out, &options).unwrap();
+    let ranges: Vec<_> = report
+        .unreadable
+        .iter()
+        .map(|r| (r.offset, r.len))
+        .collect();
+    // 60000 bytes of the stored extent read (to 360000); salvage works in 512-byte
+    // sectors of the virtual disk, so the sector holding the source's end (from 359936)
+    // is lost with the rest.
+    assert_eq!(
+        ranges,
+        vec![(359_936, 500_000 - 359_936)],
+        "{:?}",
+        report.unreadable
+    );
+    // Listed bytes are zeros, the readable ones the disk's.
+    let mut expected_bytes = disk.content().to_vec();
+    expected_bytes[359_936..360_000].fill(0);
+    let expected = dir.path().join("expected.raw");
+    std::fs::write(&expected, &expected_bytes).unwrap();
+    qemu_check_clean(&out);
+    qemu_compare_identical(&expected, &out);
+}
+
+#[test]
 fn invalid_cluster_size_is_refused() {
     let disk = slice_disk(&[1u8; 4096]);
     let dir = tempfile::tempdir().unwrap();

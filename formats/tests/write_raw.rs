@@ -149,3 +149,48 @@ fn compression_is_refused_for_raw_output() {
     assert!(err.to_string().contains("qcow2 output only"), "{err}");
     assert!(!out.exists());
 }
+
+/// A disk whose second extent claims 1 MiB of a file that holds only its first 100 KiB
+/// (a truncated image), between two readable extents.
+fn truncated_disk(dir: &std::path::Path) -> ScriptedDisk {
+    let short = dir.join("short.bin");
+    std::fs::write(&short, text_bytes(100 << 10, 5)).unwrap();
+    let source: vdr_formats::SourceRef =
+        std::sync::Arc::new(vdr_formats::FileSource::open(&short).unwrap());
+    ScriptedDisk::new(&[
+        Piece::Data(text_bytes(1 << 20, 1)),
+        Piece::Stored(source, 0, 1 << 20),
+        Piece::Compressed(text_bytes(1 << 20, 2)),
+    ])
+}
+
+#[test]
+fn read_error_fails_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = truncated_disk(dir.path());
+    let out = dir.path().join("fail.raw");
+    let err = run(&disk, &out, &raw(2)).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn read_error_under_zeros_policy_salvages_what_reads_and_lists_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = truncated_disk(dir.path());
+    let out = dir.path().join("salvaged.raw");
+    let options = ConvertOptions {
+        unreadable: UnreadablePolicy::Zeros,
+        ..raw(2)
+    };
+    let report = run(&disk, &out, &options).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), disk.content());
+    assert_eq!(report.unreadable.len(), 1, "{:?}", report.unreadable);
+    let range = &report.unreadable[0];
+    // The source ends on a sector boundary: nothing readable is lost.
+    assert_eq!(
+        (range.offset, range.len),
+        ((1 << 20) + (100 << 10), (1 << 20) - (100 << 10))
+    );
+    assert!(range.reason.starts_with("read error"), "{}", range.reason);
+}

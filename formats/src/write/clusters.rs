@@ -15,7 +15,7 @@ use crate::disk::{ExtentKind, VirtualDisk};
 use crate::error::Error;
 
 use super::compress::ClusterCompressor;
-use super::gather::{is_zero, map_unit, read_extent};
+use super::gather::{is_zero, map_unit, read_extent_salvaging, sort_unreadable};
 use super::{UnreadablePolicy, UnreadableRange};
 
 /// Work unit of the qcow2 writer: whole clusters, about 2 MiB.
@@ -108,8 +108,15 @@ impl ClusterWorker {
             let start = (extent.offset - offset) as usize;
             let end = start + extent.len as usize;
             // Zero kinds are filled too: a reused buffer holds an earlier unit's bytes.
-            read_extent(disk, extent, &mut buf[start..end])?;
+            read_extent_salvaging(
+                disk,
+                extent,
+                &mut buf[start..end],
+                self.policy,
+                &mut unreadable,
+            )?;
         }
+        sort_unreadable(&mut unreadable);
 
         let cs = cs as usize;
         let mut clusters = Vec::with_capacity(count);

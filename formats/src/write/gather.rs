@@ -5,6 +5,13 @@
 //! `Data` extents are read straight from their source; `Compressed` ones go through
 //! `disk.read_at`, which decompresses (and, for a chain, reads the right layer); `Zero` and
 //! `Unallocated` read as zeros at the top of a chain, so they are never read at all.
+//!
+//! Under the `Zeros` policy a read that fails (a bad sector of the evidence, a data
+//! cluster past the end of a truncated image, a compressed cluster that does not inflate)
+//! is treated like an unreadable extent: the extent is read again in
+//! [`SALVAGE_GRAIN`] pieces, and only the pieces that still fail become zeros and are
+//! listed, with the first error as the reason. Under `Fail` the error stops the
+//! conversion, as any unreadable range does.
 
 use crate::disk::{Extent, ExtentKind, VirtualDisk};
 use crate::error::Error;
@@ -88,6 +95,109 @@ pub(super) fn read_extent(
     }
 }
 
+/// Granularity of salvage reads: a file system block first, then, inside a block that
+/// fails, 512-byte sectors (coarse then fine, as ddrescue does, so a large damaged area
+/// costs few failing reads and a small one loses less than a sector of good bytes).
+pub(super) const SALVAGE_GRAIN: u64 = 4096;
+const SALVAGE_SECTOR: u64 = 512;
+
+/// [`read_extent`], salvaging what can be read when it fails and the policy is `Zeros`.
+pub(super) fn read_extent_salvaging(
+    disk: &dyn VirtualDisk,
+    extent: &Extent,
+    buf: &mut [u8],
+    policy: UnreadablePolicy,
+    unreadable: &mut Vec<UnreadableRange>,
+) -> Result<(), Error> {
+    match read_extent(disk, extent, buf) {
+        Err(e) if policy == UnreadablePolicy::Zeros && is_read_error(&e) => {
+            let mut salvage = Salvage {
+                disk,
+                extent,
+                failing: None,
+                unreadable,
+            };
+            salvage.pieces(extent.offset, extent.end(), buf, SALVAGE_GRAIN)?;
+            salvage.close();
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Errors of the input side; output errors (disk full) are never salvaged.
+pub(super) fn is_read_error(e: &Error) -> bool {
+    !matches!(e, Error::Write { .. } | Error::Output { .. })
+}
+
+/// Re-reads a failed extent piece by piece; neighbouring failures become one range that
+/// carries the first error.
+struct Salvage<'a> {
+    disk: &'a dyn VirtualDisk,
+    extent: &'a Extent,
+    failing: Option<UnreadableRange>,
+    unreadable: &'a mut Vec<UnreadableRange>,
+}
+
+impl Salvage<'_> {
+    /// Reads `[start, end)` of the extent into `buf` (its bytes) in `grain` pieces
+    /// aligned to the virtual disk.
+    fn pieces(&mut self, start: u64, end: u64, buf: &mut [u8], grain: u64) -> Result<(), Error> {
+        let mut pos = start;
+        while pos < end {
+            let piece_end = ((pos / grain + 1) * grain).min(end);
+            let piece = &mut buf[(pos - start) as usize..(piece_end - start) as usize];
+            let result = match self.extent.clip(pos, piece_end) {
+                Some(part) => read_extent(self.disk, &part, piece),
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => self.close(),
+                Err(e) if !is_read_error(&e) => return Err(e),
+                Err(_) if grain > SALVAGE_SECTOR => {
+                    self.pieces(pos, piece_end, piece, SALVAGE_SECTOR)?
+                }
+                Err(e) => {
+                    piece.fill(0);
+                    match &mut self.failing {
+                        Some(range) => range.len += piece_end - pos,
+                        None => {
+                            self.failing = Some(UnreadableRange {
+                                offset: pos,
+                                len: piece_end - pos,
+                                reason: format!("read error: {e}"),
+                            })
+                        }
+                    }
+                }
+            }
+            pos = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Lists the failing range in progress, if any.
+    fn close(&mut self) {
+        if let Some(range) = self.failing.take() {
+            push_unreadable(self.unreadable, range);
+        }
+    }
+}
+
+/// Puts a unit's unreadable ranges in offset order (salvaged pieces are found after the
+/// map's unreadable extents) and merges neighbours.
+pub(super) fn sort_unreadable(list: &mut Vec<UnreadableRange>) {
+    if list.windows(2).all(|w| w[0].offset <= w[1].offset) {
+        return;
+    }
+    list.sort_by_key(|r| r.offset);
+    let mut merged = Vec::with_capacity(list.len());
+    for range in list.drain(..) {
+        push_unreadable(&mut merged, range);
+    }
+    *list = merged;
+}
+
 /// Appends `range` to `list`, extending the last entry when the two touch and share the
 /// reason (units cut one unreadable extent into several pieces).
 pub(super) fn push_unreadable(list: &mut Vec<UnreadableRange>, range: UnreadableRange) {
@@ -125,6 +235,19 @@ mod tests {
         buf[4098] = 0;
         buf[300] = 0x80;
         assert!(!is_zero(&buf));
+    }
+
+    #[test]
+    fn unit_ranges_found_out_of_order_are_sorted_and_merged() {
+        let range = |offset, reason: &str| UnreadableRange {
+            offset,
+            len: 10,
+            reason: reason.into(),
+        };
+        let mut list = vec![range(30, "map"), range(0, "read"), range(10, "read")];
+        sort_unreadable(&mut list);
+        let got: Vec<_> = list.iter().map(|r| (r.offset, r.len)).collect();
+        assert_eq!(got, vec![(0, 20), (30, 10)]);
     }
 
     #[test]

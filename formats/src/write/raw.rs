@@ -17,12 +17,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::disk::{ExtentKind, VirtualDisk};
+use crate::disk::{Extent, ExtentKind, VirtualDisk};
 use crate::error::Error;
 use crate::source::SourceRef;
 
 use super::copy::{copy_range, CopyStop};
-use super::gather::{is_zero, map_unit, push_unreadable, read_extent};
+use super::gather::{
+    is_read_error, is_zero, map_unit, push_unreadable, read_extent_salvaging, sort_unreadable,
+};
 use super::{ConvertReport, UnreadablePolicy, UnreadableRange};
 
 /// Data runs at least this long go through copy_file_range when the source is a file;
@@ -86,20 +88,41 @@ impl<'a> RawTarget<'a> {
                 ExtentKind::Data { source, at }
                     if extent.len >= COPY_MIN && source.as_file().is_some() =>
                 {
-                    self.copy(source, *at, extent.offset, extent.len, buf)?;
-                    done.data_bytes += extent.len;
+                    match self.copy(source, *at, extent.offset, extent.len, buf) {
+                        Ok(()) => done.data_bytes += extent.len,
+                        // A read error under the Zeros policy: salvage through the read
+                        // path, which rewrites the whole extent.
+                        Err(e) if policy == UnreadablePolicy::Zeros && is_read_error(&e) => {
+                            self.read_and_write(disk, &extent, policy, buf, &mut done)?
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 ExtentKind::Data { .. } | ExtentKind::Compressed { .. } => {
-                    // A unit is at most UNIT_LEN bytes, so this fits in memory.
-                    buf.resize(extent.len as usize, 0);
-                    read_extent(disk, &extent, buf)?;
-                    let written = self.write_nonzero(buf, extent.offset)?;
-                    done.data_bytes += written;
-                    done.zero_bytes += extent.len - written;
+                    self.read_and_write(disk, &extent, policy, buf, &mut done)?
                 }
             }
         }
+        sort_unreadable(&mut done.unreadable);
         Ok(done)
+    }
+
+    /// Reads `extent` into `buf` and writes its non-zero blocks. A unit is at most
+    /// [`UNIT_LEN`] bytes, so the extent fits in memory.
+    fn read_and_write(
+        &self,
+        disk: &dyn VirtualDisk,
+        extent: &Extent,
+        policy: UnreadablePolicy,
+        buf: &mut Vec<u8>,
+        done: &mut UnitDone,
+    ) -> Result<(), Error> {
+        buf.resize(extent.len as usize, 0);
+        read_extent_salvaging(disk, extent, buf, policy, &mut done.unreadable)?;
+        let written = self.write_nonzero(buf, extent.offset)?;
+        done.data_bytes += written;
+        done.zero_bytes += extent.len - written;
+        Ok(())
     }
 
     /// Writes the non-zero 4 KiB blocks of `bytes` (which belong at `out`), merging

@@ -123,13 +123,16 @@ pub fn run(
 }
 
 /// What one scripted extent is.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Piece {
     Data(Vec<u8>),
     Compressed(Vec<u8>),
     Zero(u64),
     Unallocated(u64),
     Unreadable(u64, &'static str),
+    /// `len` bytes at `at` of `source`, which may end early: what lies past its end fails
+    /// to read (the content expected after salvage is zeros there).
+    Stored(SourceRef, u64, u64),
 }
 
 /// A `VirtualDisk` made of scripted extents; `Compressed` content is only reachable
@@ -160,6 +163,13 @@ impl ScriptedDisk {
                 Piece::Zero(n) => (*n, 2),
                 Piece::Unallocated(n) => (*n, 3),
                 Piece::Unreadable(n, _) => (*n, 4),
+                Piece::Stored(source, at, n) => {
+                    let have = source.len().saturating_sub(*at).min(*n);
+                    let mut bytes = vec![0u8; have as usize];
+                    source.read_exact_at(&mut bytes, *at).unwrap();
+                    content.extend_from_slice(&bytes);
+                    (*n, 5)
+                }
             };
             content.resize((offset + len) as usize, 0);
             kinds.push((offset, len, kind, piece.clone()));
@@ -183,6 +193,13 @@ impl ScriptedDisk {
                         at: 0,
                     },
                     2 => ExtentKind::Zero,
+                    5 => match piece {
+                        Piece::Stored(source, at, _) => ExtentKind::Data {
+                            source: source.clone(),
+                            at,
+                        },
+                        _ => unreachable!(),
+                    },
                     3 => ExtentKind::Unallocated,
                     _ => ExtentKind::Unreadable {
                         reason: match piece {
