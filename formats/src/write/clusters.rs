@@ -45,7 +45,7 @@ pub(super) struct ClusterWorker {
     cluster_size: u64,
     policy: UnreadablePolicy,
     compressor: Option<ClusterCompressor>,
-    /// Input buffer of a compressing worker (its output is a new, smaller buffer).
+    /// Input buffer of a compressing worker (its output goes into a recycled buffer).
     input: Vec<u8>,
     recycled: Receiver<Vec<u8>>,
 }
@@ -132,7 +132,8 @@ impl ClusterWorker {
                 buf
             }
             Some(compressor) => {
-                let mut out = Vec::new();
+                let mut out = self.recycled.try_recv().unwrap_or_default();
+                out.clear();
                 for (i, cluster) in buf.chunks_exact(cs).enumerate() {
                     let start = out.len();
                     clusters.push(if !has_data[i] || is_zero(cluster) {
