@@ -52,7 +52,8 @@
 //! The compressed case is CPU-bound in inflate (74% of samples in zlib-rs inflate, inside
 //! the reader's `read_at`): vdr used 11.3 s of CPU against qemu-img's 14.8 s, but with
 //! two threads got 0.83 of the two cores the other builds left, where qemu-img's larger
-//! thread pool got 1.3. On an idle machine the same CPU time is about 6 s of wall.
+//! thread pool got 1.3. On two idle cores that CPU time would be about 6 s of wall
+//! (estimated, not measured: the machine was never idle while this was written).
 //!
 //! One writer thread issuing every copy took 0.79 s where the parallel workers took
 //! 0.60 s; reading and writing through buffers instead of copy_file_range took 1.69 s
