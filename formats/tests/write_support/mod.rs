@@ -135,6 +135,19 @@ pub enum Piece {
     Stored(SourceRef, u64, u64),
 }
 
+impl std::fmt::Debug for Piece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Piece::Data(b) => write!(f, "Data({})", b.len()),
+            Piece::Compressed(b) => write!(f, "Compressed({})", b.len()),
+            Piece::Zero(n) => write!(f, "Zero({n})"),
+            Piece::Unallocated(n) => write!(f, "Unallocated({n})"),
+            Piece::Unreadable(n, r) => write!(f, "Unreadable({n}, {r})"),
+            Piece::Stored(s, at, n) => write!(f, "Stored({}@{at}, {n})", s.name()),
+        }
+    }
+}
+
 /// A `VirtualDisk` made of scripted extents; `Compressed` content is only reachable
 /// through `read_at` (as a real compressed image's is), `Unreadable` ranges fail there.
 pub struct ScriptedDisk {
