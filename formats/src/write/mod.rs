@@ -1,5 +1,86 @@
-//! Writers used by `vdr convert`: a sparse raw writer and a QCOW2 (v3) writer.
-//! (API fixed; bodies being written.)
+//! Writers used by `vdr convert`: a sparse raw writer and a QCOW2 (v3) writer, fed by a
+//! parallel, ordered pipeline.
+//!
+//! What each file is for:
+//! - `pipeline.rs`: cuts the virtual disk into cluster-aligned work units; `threads`
+//!   workers prepare units (map, read, decompress input through `read_at`, compress
+//!   output); the calling thread consumes them strictly in unit order, with a bounded
+//!   window of units in flight, and reports progress. For qcow2 the consumer is the one
+//!   writer, so the layout is the same for any thread count; for raw, where every byte's
+//!   place is its virtual offset, the workers write their own units and the consumer only
+//!   adds up the report (measured faster, see below).
+//! - `gather.rs`: reading a unit: the extent map, the unreadable policy, the bytes.
+//! - `raw.rs` + `copy.rs`: sparse raw output; long data runs of a file source go through
+//!   `copy_file_range(2)`.
+//! - `clusters.rs`: the worker side of qcow2 output: a unit's clusters, zero / plain /
+//!   compressed.
+//! - `qcow2.rs` + `refcount.rs` + `appender.rs`: the QCOW2 v3 layout (header, L1/L2,
+//!   packed compressed clusters, refcounts streamed as they become final).
+//! - `compress.rs`: deflate (4 KiB window, no header) and zstd cluster compression.
+//!
+//! The output is created with `create_new` and is the only file written. On error it is
+//! removed again (it is ours: `create_new` made it), so a failed conversion leaves nothing
+//! that looks like a finished image. The output is not fsync'ed (neither does qemu-img
+//! convert with its default output cache mode: strace shows no sync call); callers that
+//! need durability sync it.
+//!
+//! Memory is bounded by the pipeline window (at most `IN_FLIGHT_BUDGET` bytes of units,
+//! but always one per worker and one more) plus, for qcow2, the L1 table and a few clusters
+//! of metadata: it does not grow with the disk beyond the L1 (8 bytes per L2 table) and
+//! the refcount table (8 bytes per refcount block). Measured peak RSS on a 4 GiB raw
+//! disk holding 2 GiB of data: 2.5 MB for raw output, 27.5 MB for `qcow2 -c` with two
+//! threads.
+//!
+//! Raw output, same 4 GiB input on ext4 (medians of 5, machine loaded by other builds, so
+//! the spread is wide: each set is one interleaved run):
+//!
+//! | set | vdr (2 threads, copy_file_range) | qemu-img | qemu-img -C |
+//! |-----|----------------------------------|----------|-------------|
+//! | 1   | 0.60 s                           | 0.96 s   | —           |
+//! | 2   | 1.60 s                           | 1.68 s   | 1.76 s      |
+//! | 3   | 1.32 s                           | 0.80 s   | 1.61 s      |
+//! | 4   | 1.22 s                           | 1.07 s   | —           |
+//!
+//! With the qcow2 reader of the `qcow2` branch merged in a scratch build (same data as a
+//! qcow2 made by `qemu-img convert`; medians of 5, loaded machine):
+//!
+//! | input → raw                      | vdr, 2 threads | qemu-img | qemu-img -C / -W |
+//! |----------------------------------|----------------|----------|------------------|
+//! | qcow2, 2 GiB of data             | 0.80 s         | 1.25 s   | 0.93 s (-C)      |
+//! | qcow2 -c (deflate), medians of 3 | 13.8 s         | 12.1 s   | 11.8 s (-W)      |
+//!
+//! The compressed case is CPU-bound in inflate (74% of samples in zlib-rs inflate, inside
+//! the reader's `read_at`): vdr used 11.3 s of CPU against qemu-img's 14.8 s, but with
+//! two threads got 0.83 of the two cores the other builds left, where qemu-img's larger
+//! thread pool got 1.3. On two idle cores that CPU time would be about 6 s of wall
+//! (estimated, not measured: the machine was never idle while this was written).
+//!
+//! One writer thread issuing every copy took 0.79 s where the parallel workers took
+//! 0.60 s; reading and writing through buffers instead of copy_file_range took 1.69 s
+//! against 1.22 s (set 4). qcow2 output without compression: 1.29 s against qemu-img's
+//! 0.77 s (one set), 1.57 s against 1.68 s (another).
+//!
+//! Compression level: deflate uses zlib's default level 6 (what qemu uses) with qemu's
+//! 4 KiB window; zstd level 3 (zstd's default, what qemu uses). Measured 2026-11-26 on this
+//! 2-core machine (loaded by parallel builds, so wall times are noisy; CPU times are
+//! steadier), 1 GiB raw input with 512 MiB of text-like data, 64 KiB clusters:
+//!
+//! | output                        | wall   | CPU    | file size |
+//! |-------------------------------|--------|--------|-----------|
+//! | vdr deflate level 6, 2 threads| 4.2 s  | 7.2 s  | 302.5 MB  |
+//! | vdr deflate level 6, 1 thread | 7.2 s  | 6.8 s  | 302.5 MB  |
+//! | vdr deflate level 3, 1 thread | 7.5 s  | 5.8 s  | 302.6 MB  |
+//! | vdr deflate level 1, 1 thread | 5.8 s  | 3.4 s  | 488.1 MB  |
+//! | qemu-img -c                   | 20.0 s | 17.9 s | 320.0 MB  |
+//! | qemu-img -c -W                | 12.6 s | 18.6 s | 320.0 MB  |
+//! | vdr zstd, 2 threads           | 1.8 s  | 2.8 s  | 258.3 MB  |
+//! | qemu-img -c zstd -W           | 3.1 s  | 4.2 s  | 258.3 MB  |
+//!
+//! (The 2-thread deflate run took 7.8–15 s with the same 7.4 s of CPU while other builds
+//! held the cores; qemu-img's 64-thread pool wins more of a contended machine.)
+//! zlib-rs level 1 is its "quick" strategy and barely compresses text; level 3 saves
+//! 15% CPU for the same size, within the noise of this machine, so qemu's level stays.
+//! zlib-rs with a 4 KiB window runs at ~75 MB/s per core here, twice qemu's zlib.
 
 use std::path::Path;
 
@@ -7,6 +88,16 @@ use serde::Serialize;
 
 use crate::disk::VirtualDisk;
 use crate::error::Error;
+
+mod appender;
+mod clusters;
+mod compress;
+mod copy;
+mod gather;
+mod pipeline;
+mod qcow2;
+mod raw;
+mod refcount;
 
 /// Output formats `vdr convert` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -31,7 +122,9 @@ pub enum UnreadablePolicy {
     /// Stop with an error naming the range (default: never write wrong bytes silently).
     #[default]
     Fail,
-    /// Write zeros there and list the range in the report.
+    /// Write zeros there and list the range in the report. Input reads that fail are
+    /// treated the same way: the failed extent is re-read in 4 KiB, then 512-byte pieces,
+    /// and only the pieces that still fail are zeros and listed.
     Zeros,
 }
 
@@ -77,6 +170,10 @@ pub struct ConvertReport {
     /// Bytes left as holes / zero clusters.
     pub zero_bytes: u64,
     pub unreadable: Vec<UnreadableRange>,
+    /// Length of the output file.
+    pub output_size: u64,
+    /// Clusters stored compressed (qcow2 with compression).
+    pub compressed_clusters: u64,
 }
 
 /// Converts `disk` (a layer or a chain: the leaf's view) into a new file at `out`, which
@@ -88,9 +185,106 @@ pub fn convert(
     options: &ConvertOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ConvertReport, Error> {
-    let _ = (disk, options, progress);
-    Err(Error::Output {
-        path: out.display().to_string(),
-        what: "convert is not written yet".into(),
-    })
+    let path = out.display().to_string();
+    if options.format == OutputFormat::Raw && options.compression.is_some() {
+        return Err(Error::Output {
+            path,
+            what: "compression applies to qcow2 output only".into(),
+        });
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+    let result = match options.format {
+        OutputFormat::Raw => convert_raw(disk, file, &path, options, progress),
+        OutputFormat::Qcow2 => convert_qcow2(disk, file, &path, options, progress),
+    };
+    if result.is_err() {
+        // Ours to remove: create_new made it. A removal failure leaves the error as it is.
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+/// Most bytes of prepared units waiting for the writer (see `pipeline::Plan`).
+const IN_FLIGHT_BUDGET: u64 = 24 << 20;
+
+fn convert_raw(
+    disk: &dyn VirtualDisk,
+    file: std::fs::File,
+    path: &str,
+    options: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ConvertReport, Error> {
+    let size = disk.size();
+    let target = raw::RawTarget::new(file, path, size)?;
+    let mut report = ConvertReport {
+        virtual_size: size,
+        output_size: size,
+        ..ConvertReport::default()
+    };
+    let plan = pipeline::Plan::new(size, raw::UNIT_LEN, options.threads, IN_FLIGHT_BUDGET);
+    pipeline::run(
+        plan,
+        path,
+        || Ok(Vec::new()),
+        |buf, offset, len| target.write_unit(disk, offset, len, options.unreadable, buf),
+        |offset, len, done| {
+            raw::account(&mut report, done);
+            progress(offset + len);
+            Ok(())
+        },
+    )?;
+    Ok(report)
+}
+
+fn convert_qcow2(
+    disk: &dyn VirtualDisk,
+    file: std::fs::File,
+    path: &str,
+    options: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ConvertReport, Error> {
+    let size = disk.size();
+    let cluster_size = options.cluster_size;
+    let mut writer = qcow2::Qcow2Writer::new(file, path, size, cluster_size, options.compression)?;
+    let plan = pipeline::Plan::new(
+        size,
+        clusters::unit_len(cluster_size),
+        options.threads,
+        IN_FLIGHT_BUDGET,
+    );
+    let (recycle, recycled): clusters::Recycler = crossbeam_channel::bounded(plan.window);
+    pipeline::run(
+        plan,
+        path,
+        || {
+            let compressor = options
+                .compression
+                .map(|kind| compress::ClusterCompressor::new(kind, cluster_size as usize, path))
+                .transpose()?;
+            Ok(clusters::ClusterWorker::new(
+                cluster_size,
+                options.unreadable,
+                compressor,
+                recycled.clone(),
+            ))
+        },
+        |worker, offset, len| worker.prepare(disk, offset, len),
+        |offset, len, unit| {
+            let buffer = writer.write_unit(offset, unit)?;
+            if buffer.capacity() > 0 {
+                // Full pool: the buffer is simply freed.
+                let _ = recycle.try_send(buffer);
+            }
+            progress(offset + len);
+            Ok(())
+        },
+    )?;
+    writer.finish()
 }
