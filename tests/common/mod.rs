@@ -2,6 +2,8 @@
 //! comparing outputs and normalising `map` output (vdr's and qemu-img's).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod case;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
