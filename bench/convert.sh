@@ -41,7 +41,7 @@ if [ -n "${VDR_BIN:-}" ]; then
     vdr=$VDR_BIN # an installed build
 else
     (cd "$root" && cargo build --release --quiet)
-    vdr=$root/target/release/vdr
+    vdr=${CARGO_TARGET_DIR:-$root/target}/release/vdr
 fi
 mkdir -p "$out/tmp"
 
