@@ -169,7 +169,6 @@ fn failed_conversion_leaves_no_output_and_input_unchanged() {
 }
 
 #[test]
-#[ignore = "needs the convert engine (merge)"]
 fn raw_to_raw_equals_input_and_leaves_it_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = raw_input(dir.path());
@@ -189,7 +188,6 @@ fn raw_to_raw_equals_input_and_leaves_it_unchanged() {
 }
 
 #[test]
-#[ignore = "needs the convert engine (merge)"]
 fn force_replaces_an_existing_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = raw_input(dir.path());
@@ -208,7 +206,6 @@ fn force_replaces_an_existing_output() {
 }
 
 #[test]
-#[ignore = "needs the convert engine (merge)"]
 fn json_report_has_the_documented_fields() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = raw_input(dir.path());
@@ -231,7 +228,6 @@ fn json_report_has_the_documented_fields() {
 }
 
 #[test]
-#[ignore = "needs the convert engine (merge)"]
 fn interrupted_conversion_leaves_no_output() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().expect("tempdir");

@@ -83,7 +83,6 @@ fn raw_outputs_match_golden_files() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge); bless with VDR_BLESS=1 and review"]
 fn demo_outputs_match_golden_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let leaf = "fixtures/demo/leaf.qcow2";

@@ -71,7 +71,6 @@ fn no_command_writes_to_the_demo_chain_or_panics() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn converting_over_a_backing_file_is_refused_even_with_force() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = demo_copy(dir.path());
@@ -91,7 +90,6 @@ fn converting_over_a_backing_file_is_refused_even_with_force() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn info_shows_the_three_layer_chain_and_the_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = demo_copy(dir.path());
@@ -128,7 +126,6 @@ fn info_shows_the_three_layer_chain_and_the_snapshot() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn info_text_lists_chain_and_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = demo_copy(dir.path());
@@ -187,7 +184,6 @@ fn sectors(map: &Value) -> BTreeMap<u64, Sector> {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn map_json_agrees_with_qemu_img_map() {
     if !have_qemu_img("map_json_agrees_with_qemu_img_map") {
         return;
@@ -204,7 +200,6 @@ fn map_json_agrees_with_qemu_img_map() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn compare_agrees_with_qemu_img_convert() {
     if !have_qemu_img("compare_agrees_with_qemu_img_convert") {
         return;
@@ -232,7 +227,6 @@ fn compare_agrees_with_qemu_img_convert() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader and convert engine (merge)"]
 fn demo_converts_to_qemu_img_raw_view() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = demo_copy(dir.path());
@@ -244,7 +238,6 @@ fn demo_converts_to_qemu_img_raw_view() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader and convert engine (merge)"]
 fn compressed_qcow2_output_is_clean_and_equal_for_qemu_img() {
     if !have_qemu_img("compressed_qcow2_output_is_clean_and_equal_for_qemu_img") {
         return;
@@ -268,7 +261,6 @@ fn compressed_qcow2_output_is_clean_and_equal_for_qemu_img() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader and convert engine (merge)"]
 fn snapshot_converts_like_qemu_img() {
     if !have_qemu_img("snapshot_converts_like_qemu_img") {
         return;
@@ -300,7 +292,6 @@ fn snapshot_converts_like_qemu_img() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn check_on_the_demo_leaf_is_clean() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = demo_copy(dir.path());
@@ -316,7 +307,6 @@ fn check_on_the_demo_leaf_is_clean() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn converting_over_an_external_data_file_is_refused_even_with_force() {
     if !have_qemu_img("converting_over_an_external_data_file_is_refused_even_with_force") {
         return;
@@ -350,7 +340,6 @@ fn converting_over_an_external_data_file_is_refused_even_with_force() {
 }
 
 #[test]
-#[ignore = "needs qcow2 reader (merge)"]
 fn missing_backing_file_is_named_and_no_backing_still_opens_the_leaf() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leaf = demo_copy(dir.path());
