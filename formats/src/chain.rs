@@ -98,12 +98,19 @@ impl ParentResolver for FileParentResolver {
 pub struct Chain {
     /// Leaf first.
     layers: Vec<Arc<dyn VirtualDisk>>,
+    /// The leaf's file name, kept for messages (`info()` is too costly for every read).
+    leaf_file: String,
 }
 
 impl Chain {
     /// A chain of one layer.
     pub fn single(disk: Arc<dyn VirtualDisk>) -> Chain {
-        Chain { layers: vec![disk] }
+        Chain::from_layers(vec![disk])
+    }
+
+    fn from_layers(layers: Vec<Arc<dyn VirtualDisk>>) -> Chain {
+        let leaf_file = layers.first().map(|l| l.info().file).unwrap_or_default();
+        Chain { layers, leaf_file }
     }
 
     /// Follows `leaf`'s parents through `resolver`, refusing more than `max_depth` layers
@@ -137,7 +144,7 @@ impl Chain {
             seen.push(identity);
             layers.push(layer);
         }
-        Ok(Chain { layers })
+        Ok(Chain::from_layers(layers))
     }
 
     /// The layers, leaf first.
@@ -204,8 +211,7 @@ impl VirtualDisk for Chain {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-        let file = self.leaf().info().file;
-        check_range(&file, offset, buf.len() as u64, self.size())?;
+        check_range(&self.leaf_file, offset, buf.len() as u64, self.size())?;
         if self.layers.len() == 1 {
             return self.leaf().read_at(buf, offset);
         }
