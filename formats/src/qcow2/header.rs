@@ -149,8 +149,10 @@ impl Header {
     /// table offsets is left to the opener, which can go on without a table in salvage
     /// mode.
     pub fn validate(raw: &RawHeader, file: &str, file_len: u64) -> Result<Header, Error> {
-        let bad = |what: String| Error::Header {
+        let bad = |field: &'static str, offset: u64, what: String| Error::Header {
             file: file.to_string(),
+            field,
+            offset,
             what,
         };
         if raw.magic != MAGIC {
@@ -160,13 +162,18 @@ impl Header {
             });
         }
         if raw.version != 2 && raw.version != 3 {
-            return Err(bad(format!("version {} (only 2 and 3 exist)", raw.version)));
+            return Err(bad(
+                "version",
+                4,
+                format!("version {} (only 2 and 3 exist)", raw.version),
+            ));
         }
         if !(9..=21).contains(&raw.cluster_bits) {
-            return Err(bad(format!(
-                "cluster_bits {} outside 9..=21",
-                raw.cluster_bits
-            )));
+            return Err(bad(
+                "cluster_bits",
+                20,
+                format!("cluster_bits {} outside 9..=21", raw.cluster_bits),
+            ));
         }
         let cluster_size = 1u64 << raw.cluster_bits;
         let v3 = raw.version >= 3;
@@ -183,92 +190,142 @@ impl Header {
         };
         if v3 {
             if header_length < V3_MIN_HEADER_LEN || header_length % 8 != 0 {
-                return Err(bad(format!(
+                return Err(bad("header_length", 100, format!(
                     "header_length {header_length} (must be >= {V3_MIN_HEADER_LEN} and a multiple of 8)"
                 )));
             }
             if u64::from(header_length) > cluster_size {
-                return Err(bad(format!(
-                    "header_length {header_length} exceeds the cluster size {cluster_size}"
-                )));
+                return Err(bad(
+                    "header_length",
+                    100,
+                    format!(
+                        "header_length {header_length} exceeds the cluster size {cluster_size}"
+                    ),
+                ));
             }
         }
         if refcount_order > 6 {
-            return Err(bad(format!("refcount_order {refcount_order} exceeds 6")));
+            return Err(bad(
+                "refcount_order",
+                96,
+                format!("refcount_order {refcount_order} exceeds 6"),
+            ));
         }
         let compression = if header_length > COMPRESSION_TYPE_OFFSET {
             match raw.compression_type {
                 0 => CompressionType::Deflate,
                 1 => CompressionType::Zstd,
-                t => return Err(bad(format!("unknown compression_type {t}"))),
+                t => {
+                    return Err(bad(
+                        "compression_type",
+                        104,
+                        format!("unknown compression_type {t}"),
+                    ))
+                }
             }
         } else {
             CompressionType::Deflate
         };
         let type_bit = incompatible & incompatible::COMPRESSION_TYPE != 0;
         if type_bit != (compression != CompressionType::Deflate) {
-            return Err(bad(format!(
-                "compression type bit is {} but compression_type is {:?}",
-                if type_bit { "set" } else { "clear" },
-                compression
-            )));
+            return Err(bad(
+                "incompatible_features",
+                72,
+                format!(
+                    "compression type bit is {} but compression_type is {:?}",
+                    if type_bit { "set" } else { "clear" },
+                    compression
+                ),
+            ));
         }
         if incompatible & incompatible::EXTENDED_L2 != 0 && raw.cluster_bits < 14 {
-            return Err(bad(format!(
-                "extended L2 entries need clusters of at least 16 KiB, cluster_bits is {}",
-                raw.cluster_bits
-            )));
+            return Err(bad(
+                "incompatible_features",
+                72,
+                format!(
+                    "extended L2 entries need clusters of at least 16 KiB, cluster_bits is {}",
+                    raw.cluster_bits
+                ),
+            ));
         }
         if autoclear & autoclear::DATA_FILE_RAW != 0 && incompatible & incompatible::DATA_FILE == 0
         {
             return Err(bad(
-                "data_file_raw is set without an external data file".into()
+                "autoclear_features",
+                88,
+                "data_file_raw is set without an external data file".into(),
             ));
         }
         let encryption = match raw.crypt_method {
             0 => None,
             1 => Some(Encryption::Aes),
             2 => Some(Encryption::Luks),
-            m => return Err(bad(format!("unknown crypt_method {m}"))),
+            m => return Err(bad("crypt_method", 32, format!("unknown crypt_method {m}"))),
         };
         let l1_bytes = u64::from(raw.l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(bad(format!(
-                "l1_size {} exceeds the limit of {} entries",
-                raw.l1_size,
-                MAX_L1_BYTES / 8
-            )));
+            return Err(bad(
+                "l1_size",
+                36,
+                format!(
+                    "l1_size {} exceeds the limit of {} entries",
+                    raw.l1_size,
+                    MAX_L1_BYTES / 8
+                ),
+            ));
         }
         if u64::from(raw.refcount_table_clusters) * cluster_size > MAX_REFCOUNT_TABLE_BYTES {
-            return Err(bad(format!(
-                "refcount_table_clusters {} exceeds the limit of {} bytes",
-                raw.refcount_table_clusters, MAX_REFCOUNT_TABLE_BYTES
-            )));
+            return Err(bad(
+                "refcount_table_clusters",
+                56,
+                format!(
+                    "refcount_table_clusters {} exceeds the limit of {} bytes",
+                    raw.refcount_table_clusters, MAX_REFCOUNT_TABLE_BYTES
+                ),
+            ));
         }
         let needed_l1 = l1_entries_for(raw.size, raw.cluster_bits, l2_entry_bytes(incompatible))
-            .ok_or_else(|| bad(format!("virtual size {:#x} is too large", raw.size)))?;
+            .ok_or_else(|| {
+                bad(
+                    "size",
+                    24,
+                    format!("virtual size {:#x} is too large", raw.size),
+                )
+            })?;
         if u64::from(raw.l1_size) < needed_l1 {
-            return Err(bad(format!(
-                "L1 table of {} entries is too small for the virtual size {:#x} ({} needed)",
-                raw.l1_size, raw.size, needed_l1
-            )));
+            return Err(bad(
+                "l1_size",
+                36,
+                format!(
+                    "L1 table of {} entries is too small for the virtual size {:#x} ({} needed)",
+                    raw.l1_size, raw.size, needed_l1
+                ),
+            ));
         }
         let backing_name = if raw.backing_file_offset != 0 {
             if raw.backing_file_size > MAX_BACKING_NAME {
-                return Err(bad(format!(
-                    "backing file name of {} bytes exceeds {MAX_BACKING_NAME}",
-                    raw.backing_file_size
-                )));
+                return Err(bad(
+                    "backing_file_size",
+                    16,
+                    format!(
+                        "backing file name of {} bytes exceeds {MAX_BACKING_NAME}",
+                        raw.backing_file_size
+                    ),
+                ));
             }
             let inside = raw
                 .backing_file_offset
                 .checked_add(u64::from(raw.backing_file_size))
                 .is_some_and(|end| end <= cluster_size && end <= file_len);
             if !inside {
-                return Err(bad(format!(
+                return Err(bad(
+                    "backing_file_offset",
+                    8,
+                    format!(
                     "backing file name at {:#x} (+{}) lies outside the header cluster or the file",
                     raw.backing_file_offset, raw.backing_file_size
-                )));
+                ),
+                ));
             }
             Some((raw.backing_file_offset, raw.backing_file_size))
         } else {

@@ -384,6 +384,8 @@ fn read_header(source: &dyn Source) -> Result<(Header, Vec<u8>), crate::Error> {
         }
         return Err(Error::Header {
             file,
+            field: "header",
+            offset: 0,
             what: format!("file of {file_len} bytes is too short for a qcow2 header"),
         }
         .into());
@@ -483,6 +485,8 @@ fn open_data_file(
     let Some(name) = &ext.data_file else {
         return Err(Error::Header {
             file,
+            field: "incompatible_features",
+            offset: 72,
             what: "external data file bit is set but the image names no data file".into(),
         });
     };

@@ -60,8 +60,13 @@ pub enum Error {
     #[error("{file}: not a qcow2 image (magic {found:02x?}, expected \"QFI\\xfb\")")]
     BadMagic { file: String, found: [u8; 4] },
 
-    #[error("{file}: qcow2 header: {what}")]
-    Header { file: String, what: String },
+    #[error("{file}: qcow2 header field {field} at {offset:#x}: {what}")]
+    Header {
+        file: String,
+        field: &'static str,
+        offset: u64,
+        what: String,
+    },
 
     #[error("{file}: {structure} at {offset:#x}: {what}")]
     Structure {
