@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::disk::{check_range, clip_end, push_merged, Extent, ExtentKind, ParseMode};
 use crate::error::Error as CrateError;
 
-use super::compressed::decompress;
+use super::compressed::{decompress, with_stream_buffer};
 use super::lookup::Mapping;
 use super::{Error, Qcow2Disk};
 
@@ -93,6 +93,12 @@ impl Qcow2Disk {
                 })?;
             match mapping {
                 Mapping::Zero | Mapping::Unallocated => piece.fill(0),
+                Mapping::Compressed { host, len: stored }
+                    if piece.len() as u64 == self.header.cluster_size =>
+                {
+                    // A whole cluster: inflate straight into the caller's buffer.
+                    self.inflate_into(host, stored, at, piece)?;
+                }
                 Mapping::Compressed { host, len: stored } => {
                     let cluster = self.inflate(host, stored, at)?;
                     let within = usize::try_from(at % self.header.cluster_size).unwrap_or(0);
@@ -140,43 +146,66 @@ impl Qcow2Disk {
     }
 
     /// The inflated cluster whose stream starts at `host` (`stored` bytes as the
-    /// descriptor says). `guest` is only for messages.
+    /// descriptor says), through the cache. `guest` is only for messages.
     fn inflate(&self, host: u64, stored: u64, guest: u64) -> Result<Arc<[u8]>, CrateError> {
         if let Some(c) = self.decompressed.get(host) {
             return Ok(c);
         }
-        // The stored size is sector-rounded and may run past the end of the file: read
-        // what exists (qcow2.txt: "decompression stops when it has produced a cluster").
-        let available = self.source.len().saturating_sub(host).min(stored);
-        let mut input = vec![0u8; usize::try_from(available).unwrap_or(0)];
-        self.source
-            .read_exact_at(&mut input, host)
-            .map_err(|e| CrateError::io(&self.file, host, "compressed cluster", e))?;
         let mut cluster = vec![0u8; usize::try_from(self.header.cluster_size).unwrap_or(0)];
-        if let Err(what) = decompress(self.header.compression, &input, &mut cluster) {
-            if self.mode == ParseMode::Salvage {
-                let reason = self.damage(
-                    "compressed cluster",
-                    host,
-                    format!("(guest offset {guest:#x}) cannot be inflated: {what}"),
-                )?;
-                return Err(CrateError::Unreadable {
-                    file: self.file.clone(),
-                    offset: guest,
-                    len: self.header.cluster_size - guest % self.header.cluster_size,
-                    reason,
-                });
-            }
-            return Err(Error::Decompress {
-                file: self.file.clone(),
-                offset: host,
-                guest,
-                what,
-            }
-            .into());
-        }
+        self.inflate_into(host, stored, guest, &mut cluster)?;
         let cluster: Arc<[u8]> = cluster.into();
         self.decompressed.put(host, cluster.clone());
         Ok(cluster)
+    }
+
+    /// Inflates the cluster whose stream starts at `host` into `out` (one cluster long).
+    fn inflate_into(
+        &self,
+        host: u64,
+        stored: u64,
+        guest: u64,
+        out: &mut [u8],
+    ) -> Result<(), CrateError> {
+        // The stored size is sector-rounded and may run past the end of the file: read
+        // what exists (qcow2.txt: "decompression stops when it has produced a cluster").
+        let available = self.source.len().saturating_sub(host).min(stored);
+        let mut failure = None;
+        with_stream_buffer(
+            usize::try_from(available).unwrap_or(0),
+            |input| {
+                self.source
+                    .read_exact_at(input, host)
+                    .map_err(|e| CrateError::io(&self.file, host, "compressed cluster", e))
+            },
+            |input| {
+                if let Err(what) = decompress(self.header.compression, input, out) {
+                    failure = Some(what);
+                }
+                Ok(())
+            },
+        )?;
+        let Some(what) = failure else {
+            return Ok(());
+        };
+        if self.mode == ParseMode::Salvage {
+            let reason = self.damage(
+                "compressed cluster",
+                host,
+                format!("(guest offset {guest:#x}) cannot be inflated: {what}"),
+            )?;
+            return Err(CrateError::Unreadable {
+                file: self.file.clone(),
+                offset: guest,
+                len: self.header.cluster_size - guest % self.header.cluster_size,
+                reason,
+            });
+        }
+        Err(Error::Decompress {
+            file: self.file.clone(),
+            offset: host,
+            guest,
+            what,
+        }
+        .into())
     }
 }
