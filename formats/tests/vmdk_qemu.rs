@@ -183,7 +183,7 @@ fn stream_reads_from_several_threads_at_once() {
             s.spawn(move || {
                 let mut buf = vec![0u8; 40_000];
                 for k in 0..40u64 {
-                    let at = (k * 97_003 + t * 13_001) % (4 << 20) - 0;
+                    let at = (k * 97_003 + t * 13_001) % (4 << 20);
                     let at = at.min((4 << 20) - buf.len() as u64);
                     disk.read_at(&mut buf, at).unwrap();
                     assert!(buf[..] == expected[at as usize..at as usize + buf.len()]);

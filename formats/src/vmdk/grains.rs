@@ -251,12 +251,7 @@ impl GrainTables {
                     format!("points past end of file ({host:#x} + {needed:#x} > {len:#x})")
                 })
             }
-            Grain::Compressed { host } => host
-                .checked_add(super::stream::GRAIN_MARKER_LEN)
-                .is_none_or(|e| e > len)
-                .then(|| {
-                    format!("points to a compressed grain past end of file ({host:#x} >= {len:#x})")
-                }),
+            Grain::Compressed { host } => self.compressed_problem(host, len)?,
             _ => None,
         };
         match problem {
@@ -267,6 +262,28 @@ impl GrainTables {
                 Ok(Grain::Unreadable(reason))
             }
         }
+    }
+
+    /// What is wrong with the compressed grain at `host`, if anything: its marker (and
+    /// the compressed bytes the marker announces) must lie inside the file.
+    fn compressed_problem(&self, host: u64, len: u64) -> Result<Option<String>, CrateError> {
+        let marker_end = host.checked_add(super::stream::GRAIN_MARKER_LEN);
+        if marker_end.is_none_or(|e| e > len) {
+            return Ok(Some(format!(
+                "points to a compressed grain past end of file ({host:#x} >= {len:#x})"
+            )));
+        }
+        if !self.markers {
+            return Ok(None);
+        }
+        let mut size = [0u8; 4];
+        self.source
+            .read_exact_at(&mut size, host + 8)
+            .map_err(|e| CrateError::io(&self.file, host, "grain marker", e))?;
+        let end = host + super::stream::GRAIN_MARKER_LEN + u64::from(u32::from_le_bytes(size));
+        Ok((end > len).then(|| {
+            format!("points to a compressed grain at {host:#x} cut by the end of the file ({end:#x} > {len:#x})")
+        }))
     }
 
     /// The grain table at byte offset `at`, from the cache or the file. A table cut by the

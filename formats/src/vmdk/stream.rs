@@ -113,7 +113,9 @@ pub fn scan(
                     format!("the grain at {pos:#x} is cut by the end of the file"),
                 );
             };
-            if marker.val % grain_sectors != 0 || marker.val.saturating_mul(512) >= capacity {
+            if !marker.val.is_multiple_of(grain_sectors)
+                || marker.val.saturating_mul(512) >= capacity
+            {
                 break (
                     pos,
                     format!("bad grain marker at {pos:#x} (sector {:#x})", marker.val),
