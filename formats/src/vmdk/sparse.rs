@@ -247,17 +247,6 @@ fn validate(raw: &RawHeader, file: &str, len: u64, log: &Log) -> Result<Header, 
         }
         .into()
     };
-    if raw.version == 0 || raw.version > 3 {
-        let what = format!("version {} is not 1, 2 or 3", raw.version);
-        log.damage(file, "sparse extent header", 4, what)?;
-    }
-    if raw.flags & FLAG_NL_DETECT != 0 && raw.check_bytes != *b"\n \r\n" {
-        let what = format!(
-            "newline check bytes are {:02x?}, not 0a 20 0d 0a: the file was changed by a text-mode transfer",
-            raw.check_bytes
-        );
-        log.damage(file, "sparse extent header", 73, what)?;
-    }
     let compressed = match raw.compress_algorithm {
         0 => false,
         COMPRESSION_DEFLATE => true,
@@ -302,6 +291,18 @@ fn validate(raw: &RawHeader, file: &str, len: u64, log: &Log) -> Result<Header, 
             limit: MAX_GD_ENTRIES,
         }
         .into());
+    }
+    // Checked after the limits, so that a fuzzed header fails on what makes it unusable.
+    if raw.version == 0 || raw.version > 3 {
+        let what = format!("version {} is not 1, 2 or 3", raw.version);
+        log.damage(file, "sparse extent header", 4, what)?;
+    }
+    if raw.flags & FLAG_NL_DETECT != 0 && raw.check_bytes != *b"\n \r\n" {
+        let what = format!(
+            "newline check bytes are {:02x?}, not 0a 20 0d 0a: the file was changed by a text-mode transfer",
+            raw.check_bytes
+        );
+        log.damage(file, "sparse extent header", 73, what)?;
     }
     let overhead = raw.overhead.saturating_mul(512);
     if overhead > len {
