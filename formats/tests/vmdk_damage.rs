@@ -66,6 +66,25 @@ fn zeroed_primary_gd_falls_back_to_the_redundant_one_in_salvage() {
 }
 
 #[test]
+fn zeroed_primary_grain_table_falls_back_to_its_redundant_copy_in_salvage() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let (img, good) = good_sparse(dir.path());
+    let gd_at = le64(&img, 56) * 512;
+    let table_at = (le64(&img, gd_at) & 0xffff_ffff) * 512;
+    patch(&img, table_at, &[0u8; 2048]);
+
+    assert_reads_like(&img, ParseMode::Salvage, &good);
+    let strict = open_disk(&img, &options(ParseMode::Strict)).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let err = strict.read_at(&mut buf, 0).unwrap_err().to_string();
+    assert!(err.contains(&format!("{table_at:#x}")), "{err}");
+    assert!(!strict.check().unwrap().is_clean());
+}
+
+#[test]
 fn truncated_qemu_stream_reads_every_complete_grain_before_the_cut() {
     if !have_qemu() {
         return;

@@ -93,6 +93,9 @@ pub struct GrainTables {
     pub markers: bool,
     /// For a stream whose grain directory is missing: the grains found by scanning.
     pub stream: Option<StreamIndex>,
+    /// Byte offsets of the redundant grain tables, by directory index (hosted sparse
+    /// extents with a redundant directory; empty otherwise).
+    pub redundant: Vec<Option<u64>>,
     pub log: Arc<Log>,
     cache: Mutex<TableCache>,
     pub inflated: InflatedCache,
@@ -127,6 +130,7 @@ impl GrainTables {
             compressed,
             markers,
             stream,
+            redundant: Vec::new(),
             log,
             cache: Mutex::new(TableCache {
                 tables: HashMap::new(),
@@ -170,7 +174,7 @@ impl GrainTables {
             Some(TableRef::Damaged(reason)) => return Ok(Grain::Unreadable(reason.clone())),
             Some(TableRef::At(at)) => *at,
         };
-        let table = self.table(table_at)?;
+        let table = self.table(table_index, table_at)?;
         let Some(entry) = usize::try_from(entry_index)
             .ok()
             .and_then(|i| table.get(i))
@@ -286,16 +290,32 @@ impl GrainTables {
         }))
     }
 
-    /// The grain table at byte offset `at`, from the cache or the file. A table cut by the
-    /// end of the file keeps the entries that are there (salvage) or is an error (strict).
-    pub fn table(&self, at: u64) -> Result<Arc<[u64]>, CrateError> {
+    /// The grain table number `index` at byte offset `at`, from the cache or the file. A
+    /// table cut by the end of the file keeps the entries that are there (salvage) or is an
+    /// error (strict). A zeroed table whose redundant copy holds entries is damage: strict
+    /// refuses it, salvage reads the copy.
+    pub fn table(&self, index: u64, at: u64) -> Result<Arc<[u64]>, CrateError> {
         {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(t) = cache.tables.get(&at) {
                 return Ok(t.clone());
             }
         }
-        let table: Arc<[u64]> = self.read_table(at)?.into();
+        let mut entries = self.read_table(at)?;
+        let copy_at = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.redundant.get(i).copied().flatten());
+        if let (true, Some(copy_at)) = (entries.iter().all(|&e| e == 0), copy_at) {
+            let copy = self.read_table(copy_at)?;
+            if copy.iter().any(|&e| e != 0) {
+                let what = format!(
+                    "is zeroed while its redundant copy at {copy_at:#x} maps grains; using the copy"
+                );
+                self.log.damage(&self.file, "grain table", at, what)?;
+                entries = copy;
+            }
+        }
+        let table: Arc<[u64]> = entries.into();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.tables.insert(at, table.clone()).is_none() {
             cache.order.push_back(at);

@@ -178,7 +178,11 @@ pub fn open(source: SourceRef, log: Arc<Log>) -> Result<SparseExtent, CrateError
         }
         None => (directory(&source, &header, &log)?, None),
     };
-    let tables = GrainTables::new(
+    let redundant = match (header.rgd_at, &stream_index) {
+        (Some(at), None) => redundant_tables(&source, at, &header)?,
+        _ => Vec::new(),
+    };
+    let mut tables = GrainTables::new(
         source,
         TableKind::Hosted,
         header.geometry,
@@ -188,6 +192,7 @@ pub fn open(source: SourceRef, log: Arc<Log>) -> Result<SparseExtent, CrateError
         stream_index,
         log,
     );
+    tables.redundant = redundant;
     Ok(SparseExtent {
         tables,
         header,
@@ -378,6 +383,24 @@ fn read_directory(source: &SourceRef, at: u64, entries: u64) -> Result<Vec<u64>,
     let want = entries.saturating_mul(4);
     let have = source.len().saturating_sub(at).min(want);
     read_entries(source, at, have - have % 4, 4, "grain directory")
+}
+
+/// Where the redundant grain tables are: entries of the redundant directory that name a
+/// whole table inside the file.
+fn redundant_tables(
+    source: &SourceRef,
+    at: u64,
+    h: &Header,
+) -> Result<Vec<Option<u64>>, CrateError> {
+    let len = source.len();
+    let table_bytes = h.geometry.table_bytes();
+    Ok(read_directory(source, at, h.gd_entries)?
+        .into_iter()
+        .map(|sector| {
+            let at = sector.checked_mul(512)?;
+            (sector != 0 && at.checked_add(table_bytes)? <= len).then_some(at)
+        })
+        .collect())
 }
 
 /// Reads the primary directory (and the redundant one) and decides, entry by entry, where
