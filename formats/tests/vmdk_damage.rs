@@ -366,3 +366,91 @@ fn bad_descriptor_line_is_refused_with_its_number() {
     assert_eq!(disk.size(), 4096);
     assert_eq!(disk.findings().len(), 1);
 }
+
+mod random_damage {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::{Arc, OnceLock};
+    use vdr_formats::{open::open_layer, SliceSource, SourceRef};
+
+    /// Undamaged images to damage: qemu's monolithicSparse and streamOptimized (when
+    /// qemu-img is there) and a VMware-layout stream.
+    fn bases() -> &'static Vec<Vec<u8>> {
+        static BASES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        BASES.get_or_init(|| {
+            let dir = tempdir();
+            let raw = dir.path().join("pattern.raw");
+            pattern_raw(&raw, 1 << 20);
+            let mut out = Vec::new();
+            let vmware = dir.path().join("vmware.vmdk");
+            write_vmware_stream(&fs::read(&raw).unwrap(), &vmware);
+            out.push(fs::read(&vmware).unwrap());
+            if std::process::Command::new("qemu-img")
+                .arg("--version")
+                .output()
+                .is_ok()
+            {
+                let (img, _) = good_sparse(dir.path());
+                out.push(fs::read(&img).unwrap());
+                let stream = dir.path().join("stream.vmdk");
+                run_in(
+                    dir.path(),
+                    "qemu-img",
+                    &[
+                        "convert",
+                        "-f",
+                        "raw",
+                        "-O",
+                        "vmdk",
+                        "-o",
+                        "subformat=streamOptimized",
+                        p(&raw),
+                        p(&stream),
+                    ],
+                );
+                out.push(fs::read(&stream).unwrap());
+            }
+            out
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Damage in the metadata area never panics, never allocates without bound, and
+        /// never returns data for a range the map calls unreadable.
+        #[test]
+        fn random_metadata_damage_never_panics(
+            which in 0usize..3,
+            flips in proptest::collection::vec((0usize..40_000, any::<u8>()), 1..12),
+            truncate in proptest::option::of(0usize..200_000),
+            salvage in any::<bool>(),
+        ) {
+            let bases = bases();
+            let mut bytes = bases[which % bases.len()].clone();
+            for (at, b) in flips {
+                if at < bytes.len() {
+                    bytes[at] = b;
+                }
+            }
+            if let Some(t) = truncate {
+                bytes.truncate(t.min(bytes.len()));
+            }
+            let source: SourceRef = Arc::new(SliceSource::new(bytes, "damaged.vmdk"));
+            let mode = if salvage { ParseMode::Salvage } else { ParseMode::Strict };
+            if let Ok(disk) = open_layer(source, &options(mode)) {
+                let size = disk.size().min(8 << 20);
+                if let Ok(map) = disk.map(0, size) {
+                    for e in map {
+                        let mut buf = vec![0u8; e.len.min(1 << 20) as usize];
+                        let read = disk.read_at(&mut buf, e.offset);
+                        if let ExtentKind::Unreadable { .. } = e.kind {
+                            prop_assert!(read.is_err());
+                        }
+                    }
+                }
+                let _ = disk.check();
+            }
+        }
+    }
+}

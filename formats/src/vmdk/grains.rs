@@ -160,7 +160,7 @@ impl GrainTables {
         let table_at = match slot {
             None => {
                 let what = format!(
-                    "has no entry {table_index} (grain {index}); the directory holds {}",
+                    "has no entry {table_index} (cut by the end of the file); the directory holds {}",
                     self.directory.len()
                 );
                 return Ok(Grain::Unreadable(self.log.damage(

@@ -167,13 +167,14 @@ impl Log {
         what: String,
     ) {
         let mut log = self.findings.lock().unwrap_or_else(PoisonError::into_inner);
-        if !log.seen.insert((file.to_string(), offset, what.clone())) {
+        if log.seen.contains(&(file.to_string(), offset, what.clone())) {
             return;
         }
         if log.list.len() >= MAX_FINDINGS {
             log.dropped += 1;
             return;
         }
+        log.seen.insert((file.to_string(), offset, what.clone()));
         log.list.push(Finding {
             file: file.to_string(),
             offset,

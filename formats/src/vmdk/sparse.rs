@@ -433,7 +433,17 @@ fn directory(source: &SourceRef, h: &Header, log: &Log) -> Result<Vec<TableRef>,
     );
     let mut fallbacks = 0u64;
     let mut first_fallback = None;
-    for i in 0..h.gd_entries {
+    // Entries neither copy holds (both cut by the end of the file) stay out of the
+    // directory: the lookup reports the grains they would map as unreadable.
+    let present = primary.len().max(redundant.as_ref().map_or(0, Vec::len)) as u64;
+    if present < h.gd_entries {
+        let what = format!(
+            "is cut by the end of the file: {present} of {} entries present",
+            h.gd_entries
+        );
+        log.damage(file, "grain directory", h.gd_at, what)?;
+    }
+    for i in 0..present {
         let idx = usize::try_from(i).unwrap_or(usize::MAX);
         let p = primary.get(idx).copied();
         let r = redundant.as_ref().map(|r| r.get(idx).copied());
