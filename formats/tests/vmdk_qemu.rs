@@ -323,3 +323,30 @@ fn cowd_delta_reads_and_maps_like_qemu() {
     assert_eq!(disk.info().cluster_size, Some(8192));
     assert!(disk.check().unwrap().is_clean());
 }
+
+#[test]
+fn qcow2_over_a_vmdk_chain_reads_like_qemu() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path().join("base.vmdk");
+    create(&base, "subformat=monolithicSparse", "4M");
+    qemu_io(&base, &["write -P 0x41 0 3M"]);
+    let mid = dir.path().join("mid.vmdk");
+    create_child(&mid, "base.vmdk");
+    qemu_io(&mid, &["write -P 0x42 1M 64k"]);
+    let top = dir.path().join("top.qcow2");
+    run_in(
+        dir.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", "mid.vmdk", "-F", "vmdk", p(&top)],
+    );
+    run_in(dir.path(), "qemu-io", &["-f", "qcow2", "-c", "write -P 0x43 2M 4k", p(&top)]);
+    let raw = dir.path().join("top.raw");
+    run_in(dir.path(), "qemu-img", &["convert", "-O", "raw", p(&top), p(&raw)]);
+    assert_reads_like(&top, ParseMode::Strict, &raw);
+    let chain = open_disk(&top, &OpenOptions::default()).unwrap();
+    assert_eq!(chain.layers().len(), 3);
+    assert_eq!(chain.layers()[1].info().format, "vmdk");
+}
