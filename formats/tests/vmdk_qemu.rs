@@ -340,11 +340,29 @@ fn qcow2_over_a_vmdk_chain_reads_like_qemu() {
     run_in(
         dir.path(),
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", "mid.vmdk", "-F", "vmdk", p(&top)],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.vmdk",
+            "-F",
+            "vmdk",
+            p(&top),
+        ],
     );
-    run_in(dir.path(), "qemu-io", &["-f", "qcow2", "-c", "write -P 0x43 2M 4k", p(&top)]);
+    run_in(
+        dir.path(),
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x43 2M 4k", p(&top)],
+    );
     let raw = dir.path().join("top.raw");
-    run_in(dir.path(), "qemu-img", &["convert", "-O", "raw", p(&top), p(&raw)]);
+    run_in(
+        dir.path(),
+        "qemu-img",
+        &["convert", "-O", "raw", p(&top), p(&raw)],
+    );
     assert_reads_like(&top, ParseMode::Strict, &raw);
     let chain = open_disk(&top, &OpenOptions::default()).unwrap();
     assert_eq!(chain.layers().len(), 3);

@@ -168,11 +168,12 @@ pub fn open(source: SourceRef, log: Arc<Log>) -> Result<SparseData, CrateError> 
             let what = format!("entry {i} is {entry:#018x}, not 0x10000000_nnnnnnnn");
             TableRef::Damaged(log.damage(&file, "grain directory", gd_at, what)?)
         } else {
-            let at = (entry & 0xffff_ffff) * table_bytes + tables_at;
-            if at.checked_add(table_bytes).is_some_and(|e| e <= len) {
+            let at = ((entry & 0xffff_ffff) * table_bytes).checked_add(tables_at);
+            if let Some(at) = at.filter(|at| at.checked_add(table_bytes).is_some_and(|e| e <= len))
+            {
                 TableRef::At(at)
             } else {
-                let what = format!("entry {i} points to a grain table at {at:#x} outside the file ({len:#x} bytes)");
+                let what = format!("entry {i} ({entry:#018x}) points to a grain table outside the file ({len:#x} bytes)");
                 TableRef::Damaged(log.damage(&file, "grain directory", gd_at, what)?)
             }
         };
