@@ -154,6 +154,30 @@ fn truncated_vmware_stream_without_footer_is_rebuilt_by_scanning() {
     assert!(err.contains("footer"), "{err}");
 }
 
+#[test]
+fn damaged_stream_directory_is_rebuilt_from_the_grain_markers_in_salvage() {
+    let dir = tempdir();
+    let raw = dir.path().join("pattern.raw");
+    pattern_raw(&raw, 3 << 20);
+    let img = dir.path().join("vmware-stream.vmdk");
+    write_vmware_stream(&fs::read(&raw).unwrap(), &img);
+    let len = fs::metadata(&img).unwrap().len();
+    let gd_at = le64(&img, len - 1024 + 56) * 512;
+    patch(&img, gd_at, &[0xff; 16]);
+
+    let err = open_disk(&img, &options(ParseMode::Strict))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("grain directory"), "{err}");
+    assert_reads_like(&img, ParseMode::Salvage, &raw);
+    let disk = open_disk(&img, &options(ParseMode::Salvage)).unwrap();
+    assert!(disk
+        .findings()
+        .iter()
+        .any(|f| f.what.contains("rebuilt by scanning")));
+}
+
 /// Salvage reads every grain before the cut; everything else is reported unreadable and
 /// refused by read_at.
 fn assert_truncated_stream_salvage(img: &Path, content: &[u8]) {

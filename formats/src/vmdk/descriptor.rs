@@ -360,6 +360,28 @@ mod tests {
         assert_eq!(d.parent_file_name_hint.as_deref(), Some("base disk.vmdk"));
     }
 
+    proptest::proptest! {
+        /// Any bytes parse without a panic, and every problem names a line that exists.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
+            let d = Descriptor::parse(&bytes);
+            let lines = bytes.split(|&b| b == b'\n').count();
+            for p in &d.problems {
+                proptest::prop_assert!(p.line >= 1 && p.line <= lines);
+            }
+        }
+
+        /// Mutated real descriptors parse without a panic.
+        #[test]
+        fn mutated_descriptor_never_panics(at in 0usize..600, byte in proptest::prelude::any::<u8>()) {
+            let mut bytes = QEMU.as_bytes().to_vec();
+            if let Some(b) = bytes.get_mut(at) {
+                *b = byte;
+            }
+            let _ = Descriptor::parse(&bytes);
+        }
+    }
+
     #[test]
     fn zeroed_area_is_empty() {
         assert!(Descriptor::parse(&[0u8; 1024]).is_empty());

@@ -160,23 +160,29 @@ pub fn open(source: SourceRef, log: Arc<Log>) -> Result<SparseExtent, CrateError
                 }
                 .into());
             }
-            let scan = stream::scan(&source, start, header.geometry.grain_size, header.capacity)?;
-            log.record(
-                &file,
-                scan.stopped_at,
-                Severity::Error,
-                "stream",
-                format!(
-                    "grain directory rebuilt by scanning the markers from {start:#x}: {} grains found; \
-                     the scan stopped at {:#x} ({}); grains past the last one found are unreadable",
-                    scan.index.grains.len(),
-                    scan.stopped_at,
-                    scan.why
-                ),
-            );
-            (Vec::new(), Some(scan.index))
+            let why = "the footer is missing";
+            (
+                Vec::new(),
+                Some(rebuild(&source, start, &header, &log, why)?),
+            )
         }
-        None => (directory(&source, &header, &log)?, None),
+        None => {
+            let directory = directory(&source, &header, &log)?;
+            let damaged = directory.len() as u64 != header.gd_entries
+                || directory.iter().any(|t| matches!(t, TableRef::Damaged(_)));
+            if damaged && header.compressed && header.markers && log.mode == ParseMode::Salvage {
+                // A stream's grains carry their own LBA: a damaged directory is rebuilt
+                // from the markers instead of losing the grains it mapped.
+                let start = header.overhead.max(512);
+                let why = "the grain directory is damaged";
+                (
+                    Vec::new(),
+                    Some(rebuild(&source, start, &header, &log, why)?),
+                )
+            } else {
+                (directory, None)
+            }
+        }
     };
     let redundant = match (header.rgd_at, &stream_index) {
         (Some(at), None) => redundant_tables(&source, at, &header)?,
@@ -198,6 +204,31 @@ pub fn open(source: SourceRef, log: Arc<Log>) -> Result<SparseExtent, CrateError
         header,
         descriptor,
     })
+}
+
+/// Rebuilds a stream's grain index by scanning its markers from `start`, with a finding.
+fn rebuild(
+    source: &SourceRef,
+    start: u64,
+    header: &Header,
+    log: &Log,
+    why: &str,
+) -> Result<stream::StreamIndex, CrateError> {
+    let scan = stream::scan(source, start, header.geometry.grain_size, header.capacity)?;
+    log.record(
+        source.name(),
+        scan.stopped_at,
+        Severity::Error,
+        "stream",
+        format!(
+            "{why}: grain directory rebuilt by scanning the markers from {start:#x}: {} grains found; \
+             the scan stopped at {:#x} ({}); grains past the last one found are unreadable",
+            scan.index.grains.len(),
+            scan.stopped_at,
+            scan.why
+        ),
+    );
+    Ok(scan.index)
 }
 
 /// The header in the footer of a VMware stream: footer marker, header, end-of-stream

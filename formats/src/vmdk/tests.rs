@@ -120,3 +120,35 @@ fn raw_header_parses_all_fields() {
     );
     assert_eq!(raw.check_bytes, *b"\n \r\n");
 }
+
+#[test]
+fn check_reports_grains_sharing_storage() {
+    let mut img = image(64, 8, &[(0, 0x11), (1, 0x22)]);
+    // Entry 2 names the same sectors as entry 0.
+    let first = img[22 * 512..22 * 512 + 4].to_vec();
+    img[22 * 512 + 8..22 * 512 + 12].copy_from_slice(&first);
+    let disk = open(img, ParseMode::Strict).unwrap();
+    let report = disk.check().unwrap();
+    assert!(
+        report.errors.iter().any(|e| e.what.contains("overlap")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(report.allocated_clusters, 3);
+}
+
+#[test]
+fn check_reports_grains_over_metadata() {
+    let mut img = image(64, 8, &[(0, 0x11)]);
+    img[22 * 512..22 * 512 + 4].copy_from_slice(&21u32.to_le_bytes());
+    let disk = open(img, ParseMode::Strict).unwrap();
+    let report = disk.check().unwrap();
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.what.contains("overlaps the grain directory")),
+        "{:?}",
+        report.errors
+    );
+}
