@@ -478,3 +478,24 @@ mod random_damage {
         }
     }
 }
+
+#[test]
+fn windows_1252_extent_names_are_found_by_their_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempdir();
+    let name: &[u8] = b"disque-\xe9t\xe9-flat.vmdk";
+    fs::write(
+        dir.path().join(std::ffi::OsStr::from_bytes(name)),
+        vec![0x5au8; 4096],
+    )
+    .unwrap();
+    let mut text = b"# Disk DescriptorFile\nversion=1\nencoding=\"windows-1252\"\nCID=11111111\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"".to_vec();
+    text.extend_from_slice(name);
+    text.extend_from_slice(b"\" 0\n");
+    let img = dir.path().join("d.vmdk");
+    fs::write(&img, text).unwrap();
+    let disk = open_disk(&img, &OpenOptions::default()).unwrap();
+    let mut buf = [0u8; 4096];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x5a));
+}

@@ -119,6 +119,10 @@ pub struct Descriptor {
     pub other: BTreeMap<String, String>,
     /// Lines that could not be read (each also refused by [`Descriptor::parse_strict`]).
     pub problems: Vec<LineProblem>,
+    /// The text was not UTF-8 and was read as Latin-1 (one char per byte; VMware writes
+    /// `encoding="windows-1252"` descriptors): file names are turned back into their
+    /// bytes by [`Descriptor::file_name_bytes`].
+    pub latin1: bool,
 }
 
 impl Descriptor {
@@ -126,8 +130,15 @@ impl Descriptor {
     /// every line it cannot read as a problem.
     pub fn parse(bytes: &[u8]) -> Descriptor {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let text = String::from_utf8_lossy(bytes.get(..end).unwrap_or_default());
-        let mut d = Descriptor::default();
+        let bytes = bytes.get(..end).unwrap_or_default();
+        let (text, latin1) = match std::str::from_utf8(bytes) {
+            Ok(t) => (t.to_string(), false),
+            Err(_) => (bytes.iter().map(|&b| char::from(b)).collect(), true),
+        };
+        let mut d = Descriptor {
+            latin1,
+            ..Descriptor::default()
+        };
         for (index, raw) in text.split('\n').enumerate() {
             let line = index + 1;
             let content = raw.trim_end_matches('\r').trim();
@@ -158,6 +169,18 @@ impl Descriptor {
             && self.extents.is_empty()
             && self.ddb.is_empty()
             && self.other.is_empty()
+    }
+
+    /// The bytes of a file name as the descriptor stores them (file names are bytes on
+    /// Unix: a Latin-1 name must be looked up by its original bytes).
+    pub fn file_name_bytes(&self, name: &str) -> Vec<u8> {
+        if self.latin1 {
+            name.chars()
+                .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+                .collect()
+        } else {
+            name.as_bytes().to_vec()
+        }
     }
 
     /// True when the descriptor names a parent (parentCID other than ffffffff).
@@ -380,6 +403,15 @@ mod tests {
             }
             let _ = Descriptor::parse(&bytes);
         }
+    }
+
+    #[test]
+    fn latin1_file_names_keep_their_bytes() {
+        let d = Descriptor::parse_strict(b"RW 8 FLAT \"disque-\xe9t\xe9.vmdk\" 0\n").unwrap();
+        assert!(d.latin1);
+        let name = d.extents[0].file.clone().unwrap();
+        assert_eq!(name, "disque-\u{e9}t\u{e9}.vmdk");
+        assert_eq!(d.file_name_bytes(&name), b"disque-\xe9t\xe9.vmdk");
     }
 
     #[test]

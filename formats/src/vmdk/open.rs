@@ -239,7 +239,7 @@ fn from_descriptor(
             continue;
         }
         for (offset, piece_len, data) in
-            open_extent(&file, dir.as_deref(), line, len, options, &log)?
+            open_extent(&file, dir.as_deref(), &descriptor, line, len, options, &log)?
         {
             extents.push(DiskExtent {
                 start: start + offset,
@@ -268,11 +268,14 @@ fn from_descriptor(
 fn resolve(
     file: &str,
     dir: Option<&Path>,
+    descriptor: &Descriptor,
     line: &ExtentLine,
     options: &OpenOptions,
 ) -> Result<PathBuf, CrateError> {
+    use std::os::unix::ffi::OsStrExt;
     let name = line.file.clone().unwrap_or_default();
-    let p = Path::new(&name);
+    let bytes = descriptor.file_name_bytes(&name);
+    let p = Path::new(std::ffi::OsStr::from_bytes(&bytes));
     let escapes = p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir));
     if escapes && !options.allow_escaping_extents {
         return Err(Error::EscapingExtent {
@@ -300,6 +303,7 @@ fn resolve(
 fn open_extent(
     file: &str,
     dir: Option<&Path>,
+    descriptor: &Descriptor,
     line: &ExtentLine,
     len: u64,
     options: &OpenOptions,
@@ -323,7 +327,7 @@ fn open_extent(
         }
         _ => {}
     }
-    let path = resolve(file, dir, line, options)?;
+    let path = resolve(file, dir, descriptor, line, options)?;
     let name = line.file.clone().unwrap_or_default();
     let extent: SourceRef =
         Arc::new(FileSource::open(&path).map_err(|e| Error::MissingExtent {
