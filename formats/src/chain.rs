@@ -108,6 +108,8 @@ impl ParentResolver for FileParentResolver {
 pub struct Chain {
     /// Leaf first.
     layers: Vec<Arc<dyn VirtualDisk>>,
+    /// The leaf's file name, kept for messages (`info()` is too costly for every read).
+    leaf_file: String,
     /// Inconsistencies between layers met while building the chain (salvage mode).
     findings: Vec<Finding>,
 }
@@ -115,8 +117,14 @@ pub struct Chain {
 impl Chain {
     /// A chain of one layer.
     pub fn single(disk: Arc<dyn VirtualDisk>) -> Chain {
+        Chain::from_layers(vec![disk])
+    }
+
+    fn from_layers(layers: Vec<Arc<dyn VirtualDisk>>) -> Chain {
+        let leaf_file = layers.first().map(|l| l.info().file).unwrap_or_default();
         Chain {
-            layers: vec![disk],
+            layers,
+            leaf_file,
             findings: Vec::new(),
         }
     }
@@ -156,7 +164,9 @@ impl Chain {
             }
             layers.push(layer);
         }
-        Ok(Chain { layers, findings })
+        let mut chain = Chain::from_layers(layers);
+        chain.findings = findings;
+        Ok(chain)
     }
 
     /// The layers, leaf first.
@@ -223,8 +233,7 @@ impl VirtualDisk for Chain {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-        let file = self.leaf().info().file;
-        check_range(&file, offset, buf.len() as u64, self.size())?;
+        check_range(&self.leaf_file, offset, buf.len() as u64, self.size())?;
         if self.layers.len() == 1 {
             return self.leaf().read_at(buf, offset);
         }
