@@ -85,6 +85,37 @@ fn zeroed_primary_grain_table_falls_back_to_its_redundant_copy_in_salvage() {
 }
 
 #[test]
+fn truncated_sparse_extent_keeps_the_bytes_before_the_cut() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let (img, good) = good_sparse(dir.path());
+    let good = fs::read(&good).unwrap();
+    // The last grain written (guest 3 MiB) is the last in the file: cut it in the middle.
+    let len = fs::metadata(&img).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(len - 40_000)
+        .unwrap();
+    let disk = open_disk(&img, &options(ParseMode::Salvage)).unwrap();
+    let map = disk.map(0, disk.size()).unwrap();
+    let cut = map.iter().find(|e| e.kind.name() == "unreadable").unwrap();
+    assert_eq!((cut.offset, cut.len), ((3 << 20) + 65536 - 40_000, 40_000));
+    let mut buf = vec![0u8; 65536 - 40_000];
+    disk.read_at(&mut buf, 3 << 20).unwrap();
+    assert!(buf[..] == good[3 << 20..(3 << 20) + buf.len()]);
+    let err = open_disk(&img, &options(ParseMode::Strict))
+        .unwrap()
+        .read_at(&mut buf, 3 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("past end of file"), "{err}");
+}
+
+#[test]
 fn truncated_qemu_stream_reads_every_complete_grain_before_the_cut() {
     if !have_qemu() {
         return;

@@ -51,6 +51,13 @@ pub enum Grain {
     Compressed {
         host: u64,
     },
+    /// Stored at `host`, but the file ends `present` bytes into the grain (salvage): those
+    /// bytes are its true content, the rest is unreadable for `reason`.
+    Cut {
+        host: u64,
+        present: u64,
+        reason: String,
+    },
     Unreadable(String),
 }
 
@@ -258,12 +265,19 @@ impl GrainTables {
             Grain::Compressed { host } => self.compressed_problem(host, len)?,
             _ => None,
         };
-        match problem {
-            None => Ok(grain),
-            Some(what) => {
+        match (problem, grain) {
+            (None, grain) => Ok(grain),
+            (Some(what), grain) => {
                 let what = format!("entry {entry_index} (grain {index}) {what}");
                 let reason = self.log.damage(&self.file, "grain table", table_at, what)?;
-                Ok(Grain::Unreadable(reason))
+                Ok(match grain {
+                    Grain::Data { host } if host < len => Grain::Cut {
+                        host,
+                        present: len - host,
+                        reason,
+                    },
+                    _ => Grain::Unreadable(reason),
+                })
             }
         }
     }

@@ -79,6 +79,31 @@ impl VmdkDisk {
                         let piece_end = (extent.start + (index + 1) * gs).min(stop);
                         let len = piece_end - p;
                         let piece = match t.grain(index)? {
+                            Grain::Cut {
+                                host,
+                                present,
+                                reason,
+                            } => {
+                                // The bytes still in the file, then the missing tail.
+                                let split =
+                                    (extent.start + index * gs + present).clamp(p, piece_end);
+                                if p < split {
+                                    let host = host + within;
+                                    f(
+                                        p,
+                                        split - p,
+                                        Piece::Data {
+                                            source: &t.source,
+                                            host,
+                                        },
+                                    )?;
+                                }
+                                if split < piece_end {
+                                    f(split, piece_end - split, Piece::Unreadable(reason))?;
+                                }
+                                p = piece_end;
+                                continue;
+                            }
                             Grain::Zero => Piece::Zero,
                             Grain::Unallocated => Piece::Unallocated,
                             Grain::Data { host } => Piece::Data {
