@@ -238,16 +238,27 @@ fn assert_truncated_stream_salvage(img: &Path, content: &[u8]) {
     assert!(!disk.findings().is_empty());
 }
 
-/// Replaces `from` by `to` (same length) in the embedded descriptor of `img`.
-fn edit_descriptor(img: &Path, from: &str, to: &str) {
-    assert_eq!(from.len(), to.len());
+/// Replaces the parentCID in the embedded descriptor of `img` by another value of the same
+/// number of digits (qemu writes CIDs without leading zeros); returns the new value.
+fn change_parent_cid(img: &Path) -> u32 {
     let mut bytes = fs::read(img).unwrap();
-    let at = bytes
-        .windows(from.len())
-        .position(|w| w == from.as_bytes())
-        .unwrap();
-    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    let key = b"parentCID=";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    let old = &bytes[at..at + digits];
+    let fill = if old.iter().all(|&b| b == b'e') {
+        b'd'
+    } else {
+        b'e'
+    };
+    bytes[at..at + digits].fill(fill);
+    let new =
+        u32::from_str_radix(std::str::from_utf8(&bytes[at..at + digits]).unwrap(), 16).unwrap();
     fs::write(img, bytes).unwrap();
+    new
 }
 
 #[test]
@@ -264,24 +275,17 @@ fn cid_mismatch_is_refused_in_strict_and_a_finding_in_salvage() {
         .unwrap()
         .info();
     let parent_cid = info.details["parent_cid"].as_str().unwrap().to_string();
-    edit_descriptor(
-        &child,
-        &format!("parentCID={parent_cid}"),
-        "parentCID=0badc0de",
-    );
+    let wrong = format!("{:08x}", change_parent_cid(&child));
 
     let err = open_disk(&child, &options(ParseMode::Strict))
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        err.contains("0badc0de") && err.contains(&parent_cid),
-        "{err}"
-    );
+    assert!(err.contains(&wrong) && err.contains(&parent_cid), "{err}");
 
     let chain = open_disk(&child, &options(ParseMode::Salvage)).unwrap();
     assert_eq!(chain.layers().len(), 2);
-    assert!(chain.findings().iter().any(|f| f.what.contains("0badc0de")));
+    assert!(chain.findings().iter().any(|f| f.what.contains(&wrong)));
 }
 
 #[test]
