@@ -264,6 +264,15 @@ fn chain_over_a_stream_optimized_base_reads_like_qemu() {
 /// A vmfsSparse (COWD) delta of `grains` grains of 8 KiB with data in some of them,
 /// described by a vmfsSparse descriptor: qemu-img reads it (it cannot write one).
 fn write_cowd(dir: &std::path::Path, data: &[(usize, u8)]) -> std::path::PathBuf {
+    write_cowd_child(dir, data, None)
+}
+
+/// Like [`write_cowd`], as a child of `parent` (file name, CID) when given.
+fn write_cowd_child(
+    dir: &std::path::Path,
+    data: &[(usize, u8)],
+    parent: Option<(&str, &str)>,
+) -> std::path::PathBuf {
     let sectors = 4096u32; // 2 MiB
     let grain_sectors = 16u32;
     let mut f = vec![0u8; 40 * 512];
@@ -282,10 +291,14 @@ fn write_cowd(dir: &std::path::Path, data: &[(usize, u8)]) -> std::path::PathBuf
     }
     std::fs::write(dir.join("d-delta.vmdk"), f).unwrap();
     let desc = dir.join("d.vmdk");
+    let (parent_cid, hint) = match parent {
+        Some((name, cid)) => (cid.to_string(), format!("parentFileNameHint=\"{name}\"\n")),
+        None => ("ffffffff".to_string(), String::new()),
+    };
     std::fs::write(
         &desc,
         format!(
-            "# Disk DescriptorFile\nversion=1\nCID=22222222\nparentCID=ffffffff\ncreateType=\"vmfsSparse\"\n\n\
+            "# Disk DescriptorFile\nversion=1\nCID=22222222\nparentCID={parent_cid}\ncreateType=\"vmfsSparse\"\n{hint}\n\
              RW {sectors} VMFSSPARSE \"d-delta.vmdk\"\n\nddb.virtualHWVersion = \"14\"\n"
         ),
     )
@@ -367,4 +380,32 @@ fn qcow2_over_a_vmdk_chain_reads_like_qemu() {
     let chain = open_disk(&top, &OpenOptions::default()).unwrap();
     assert_eq!(chain.layers().len(), 3);
     assert_eq!(chain.layers()[1].info().format, "vmdk");
+}
+
+#[test]
+fn cowd_delta_over_a_flat_parent_reads_like_qemu() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path().join("base.vmdk");
+    create(&base, "subformat=monolithicFlat", "2M");
+    qemu_io(&base, &["write -P 0x61 0 2M"]);
+    let info = open_disk(&base, &OpenOptions::default()).unwrap().info();
+    let cid = info.details["cid"].as_str().unwrap().to_string();
+    let img = write_cowd_child(
+        dir.path(),
+        &[(3, 0x71), (200, 0x72)],
+        Some(("base.vmdk", &cid)),
+    );
+    let raw = qemu_raw(&img);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    assert_reads_like(&img, ParseMode::Strict, &raw);
+    let chain = open_disk(&img, &OpenOptions::default()).unwrap();
+    assert_eq!(chain.layers().len(), 2);
 }
