@@ -36,7 +36,11 @@ pub fn open(source: SourceRef, options: &OpenOptions) -> Result<VmdkDisk, CrateE
             let sparse = sesparse::open(source.clone(), log.clone())?;
             alone(source, sparse, log, "seSparse")
         }
-        _ => {
+        Format::Qcow2 | Format::Qcow1 => Err(CrateError::Unsupported {
+            file,
+            what: "reading a qcow image as a VMDK".into(),
+        }),
+        Format::VmdkDescriptor | Format::Raw => {
             let len = source.len();
             if len > MAX_DESCRIPTOR_BYTES {
                 return Err(Error::TooLarge {
