@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::disk::{
     check_range, clip_end, push_merged, CheckReport, DiskInfo, Extent, ExtentKind, Finding,
-    ParentRef, VirtualDisk,
+    ParentRef, ParseMode, Severity, VirtualDisk,
 };
 use crate::error::Error;
 use crate::open::{open_layer, OpenOptions};
@@ -25,6 +25,12 @@ pub trait ParentResolver {
         child: &dyn VirtualDisk,
         parent: &ParentRef,
     ) -> Result<(Arc<dyn VirtualDisk>, String), Error>;
+
+    /// How inconsistencies between a child and its parent are treated (a VMDK parentCID
+    /// that does not match the parent's CID): refused, or recorded as a finding.
+    fn mode(&self) -> ParseMode {
+        ParseMode::Strict
+    }
 }
 
 /// The default resolver: follows the recorded file name, relative to the child's directory.
@@ -92,6 +98,10 @@ impl ParentResolver for FileParentResolver {
         let layer = open_layer(source, &options)?;
         Ok((layer, identity))
     }
+
+    fn mode(&self) -> ParseMode {
+        self.options.mode
+    }
 }
 
 /// A leaf and its parents, read as one disk (the leaf's view).
@@ -100,6 +110,8 @@ pub struct Chain {
     layers: Vec<Arc<dyn VirtualDisk>>,
     /// The leaf's file name, kept for messages (`info()` is too costly for every read).
     leaf_file: String,
+    /// Inconsistencies between layers met while building the chain (salvage mode).
+    findings: Vec<Finding>,
 }
 
 impl Chain {
@@ -110,7 +122,11 @@ impl Chain {
 
     fn from_layers(layers: Vec<Arc<dyn VirtualDisk>>) -> Chain {
         let leaf_file = layers.first().map(|l| l.info().file).unwrap_or_default();
-        Chain { layers, leaf_file }
+        Chain {
+            layers,
+            leaf_file,
+            findings: Vec::new(),
+        }
     }
 
     /// Follows `leaf`'s parents through `resolver`, refusing more than `max_depth` layers
@@ -123,6 +139,7 @@ impl Chain {
     ) -> Result<Chain, Error> {
         let mut seen: Vec<String> = leaf_identity.into_iter().collect();
         let mut layers = vec![leaf];
+        let mut findings = Vec::new();
         while let Some(current) = layers.last() {
             let Some(parent) = current.parent() else {
                 break;
@@ -142,9 +159,14 @@ impl Chain {
                 });
             }
             seen.push(identity);
+            if let Some(finding) = check_link(current.as_ref(), layer.as_ref(), resolver.mode())? {
+                findings.push(finding);
+            }
             layers.push(layer);
         }
-        Ok(Chain::from_layers(layers))
+        let mut chain = Chain::from_layers(layers);
+        chain.findings = findings;
+        Ok(chain)
     }
 
     /// The layers, leaf first.
@@ -232,7 +254,9 @@ impl VirtualDisk for Chain {
     }
 
     fn findings(&self) -> Vec<Finding> {
-        self.layers.iter().flat_map(|l| l.findings()).collect()
+        let mut out = self.findings.clone();
+        out.extend(self.layers.iter().flat_map(|l| l.findings()));
+        out
     }
 
     fn check(&self) -> Result<CheckReport, Error> {
@@ -242,6 +266,47 @@ impl VirtualDisk for Chain {
     fn source(&self) -> Option<SourceRef> {
         self.leaf().source()
     }
+}
+
+/// Checks a child against its parent: when the child records the parent's content ID
+/// (`details["parent_cid"]`, VMDK's parentCID) and the parent has one (`details["cid"]`),
+/// they must be equal. Strict mode refuses a mismatch; salvage returns it as a finding.
+fn check_link(
+    child: &dyn VirtualDisk,
+    parent: &dyn VirtualDisk,
+    mode: ParseMode,
+) -> Result<Option<Finding>, Error> {
+    let (child_info, parent_info) = (child.info(), parent.info());
+    let (Some(expected), Some(found)) = (
+        child_info
+            .details
+            .get("parent_cid")
+            .and_then(|v| v.as_str()),
+        parent_info.details.get("cid").and_then(|v| v.as_str()),
+    ) else {
+        return Ok(None);
+    };
+    if expected.eq_ignore_ascii_case(found) {
+        return Ok(None);
+    }
+    if mode == ParseMode::Strict {
+        return Err(Error::CidMismatch {
+            child: child_info.file,
+            parent: parent_info.file,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        });
+    }
+    Ok(Some(Finding {
+        file: child_info.file,
+        offset: 0,
+        severity: Severity::Warning,
+        structure: "parent link".into(),
+        what: format!(
+            "parentCID {expected} does not match the CID {found} of the parent {}; read on as the chain stands",
+            parent_info.file
+        ),
+    }))
 }
 
 /// Reads one extent of a chain's map into `buf` (whose length is the extent's).

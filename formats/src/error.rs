@@ -56,6 +56,17 @@ pub enum Error {
     #[error(transparent)]
     Qcow2(#[from] crate::qcow2::Error),
 
+    #[error(transparent)]
+    Vmdk(#[from] crate::vmdk::Error),
+
+    #[error("{child}: parentCID {expected} does not match the CID {found} of its parent {parent}: the parent changed after the child was made (salvage mode reads on with a finding)")]
+    CidMismatch {
+        child: String,
+        parent: String,
+        expected: String,
+        found: String,
+    },
+
     #[error("{path}: {what}")]
     Output { path: String, what: String },
 

@@ -16,6 +16,7 @@ pub mod open;
 pub mod qcow2;
 pub mod raw;
 pub mod source;
+pub mod vmdk;
 pub mod write;
 
 pub use chain::{Chain, FileParentResolver, ParentResolver, DEFAULT_MAX_DEPTH};

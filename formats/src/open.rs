@@ -23,6 +23,9 @@ pub struct OpenOptions {
     pub format: Option<Format>,
     /// Follow backing files (a chain); false opens the named layer alone.
     pub follow_backing: bool,
+    /// Let a VMDK descriptor name extents outside its own directory (absolute paths or
+    /// `..`); refused by default so a crafted descriptor cannot make vdr read other files.
+    pub allow_escaping_extents: bool,
 }
 
 impl Default for OpenOptions {
@@ -33,6 +36,7 @@ impl Default for OpenOptions {
             max_depth: DEFAULT_MAX_DEPTH,
             format: None,
             follow_backing: true,
+            allow_escaping_extents: false,
         }
     }
 }
@@ -46,6 +50,9 @@ pub fn open_layer(source: SourceRef, options: &OpenOptions) -> Result<Arc<dyn Vi
     match format {
         Format::Raw => Ok(Arc::new(RawDisk::new(source))),
         Format::Qcow2 => Ok(Arc::new(Qcow2Disk::open(source, options)?)),
+        Format::VmdkSparse | Format::VmdkCowd | Format::VmdkDescriptor | Format::VmdkSeSparse => {
+            Ok(Arc::new(crate::vmdk::open(source, options)?))
+        }
         other => Err(Error::Unsupported {
             file: source.name().to_string(),
             what: format!("the {other:?} format"),
