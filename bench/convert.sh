@@ -120,22 +120,25 @@ bench_op() {
     local ratio_q ratio_f verdict
     ratio_q=$(awk -v a="$v" -v b="$q" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     ratio_f=$(awk -v a="$v" -v b="$f" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    verdict=$(awk -v r="$ratio_f" -v t="$target_ratio" 'BEGIN { print (r <= t ? "met" : "NOT met") }')
+    # the issue's targets are against qemu-img's default settings, and peak RSS <= 64 MiB;
+    # the ratio against qemu-img's fastest setting is shown beside them
+    verdict=$(awk -v r="$ratio_q" -v t="$target_ratio" -v m="$rss" \
+        'BEGIN { print ((r <= t && m <= 65536) ? "met" : "NOT met") }')
     rows+=("$(printf '%-30s %8ss %8ss %6s %10ss %6s  %-22s %-7s %7s' \
         "$name" "$v" "$q" "${ratio_q}x" "$f" "${ratio_f}x" "$target" "$verdict" \
         "$((rss / 1024))MiB")")
 }
 
 case ",$ops," in *,raw,*)
-    bench_op "qcow2 -> raw" "<= 1.00x qemu-img -C" 1.00 "$img" raw \
+    bench_op "qcow2 -> raw" "<= 1.00x qemu-img" 1.00 "$img" raw \
         -O raw -- -O raw -- -C -O raw ;;
 esac
 case ",$ops," in *,compressed,*)
-    bench_op "compressed -> raw, 2 threads" "<= 1.00x qemu-img -W" 1.00 "$cimg" raw \
+    bench_op "compressed -> raw, 2 threads" "<= 0.60x qemu-img" 0.60 "$cimg" raw \
         -O raw --threads "$threads" -- -O raw -- -W -O raw ;;
 esac
 case ",$ops," in *,qcow2c,*)
-    bench_op "qcow2 -> qcow2 -c, 2 threads" "<= 1.00x qemu-img -c -W" 1.00 "$img" qcow2 \
+    bench_op "qcow2 -> qcow2 -c, 2 threads" "<= 0.60x qemu-img -c" 0.60 "$img" qcow2 \
         -O qcow2 -c --threads "$threads" -- -O qcow2 -c -- -O qcow2 -c -W ;;
 esac
 
