@@ -39,6 +39,10 @@ pub struct OpenArgs {
     /// instead of refusing the image.
     #[arg(long)]
     pub salvage: bool,
+    /// Let a VMDK descriptor name extent files outside its own directory (`..` or
+    /// absolute paths); refused by default so a crafted descriptor cannot read other files.
+    #[arg(long)]
+    pub allow_escaping_extents: bool,
 }
 
 /// `vdr info`.

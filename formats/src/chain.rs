@@ -266,6 +266,10 @@ impl VirtualDisk for Chain {
     fn source(&self) -> Option<SourceRef> {
         self.leaf().source()
     }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.layers.iter().flat_map(|l| l.files()).collect()
+    }
 }
 
 /// Checks a child against its parent: when the child records the parent's content ID

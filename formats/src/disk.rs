@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -291,6 +292,15 @@ pub trait VirtualDisk: Send + Sync {
     /// The source the layer reads its metadata from.
     fn source(&self) -> Option<SourceRef> {
         None
+    }
+
+    /// Every file this layer reads: its own, and external data or extent files. Writers
+    /// refuse an output that is any of them.
+    fn files(&self) -> Vec<PathBuf> {
+        self.source()
+            .and_then(|s| s.path().map(Path::to_path_buf))
+            .into_iter()
+            .collect()
     }
 }
 

@@ -16,6 +16,7 @@ pub fn run(args: &CheckArgs) -> Result<Status> {
         &args.image,
         &OpenRequest {
             salvage: args.open.salvage,
+            allow_escaping_extents: args.open.allow_escaping_extents,
             snapshot: None,
             no_backing: true,
         },

@@ -31,6 +31,7 @@ struct CompareReport {
 pub fn run(args: &CompareArgs) -> Result<Status> {
     let request = OpenRequest {
         salvage: args.open.salvage,
+        allow_escaping_extents: args.open.allow_escaping_extents,
         ..OpenRequest::default()
     };
     let a = open(&args.a, &request)?;

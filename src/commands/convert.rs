@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use vdr_formats::{
-    chain::FileParentResolver, convert, Chain, Compression, ConvertOptions, ConvertReport,
-    OutputFormat, UnreadablePolicy, VirtualDisk,
+    convert, Chain, Compression, ConvertOptions, ConvertReport, OutputFormat, UnreadablePolicy,
+    VirtualDisk,
 };
 
 use super::{open, OpenRequest, Status};
@@ -32,6 +32,7 @@ pub fn run(args: &ConvertArgs) -> Result<Status> {
         &args.input,
         &OpenRequest {
             salvage: args.open.salvage,
+            allow_escaping_extents: args.open.allow_escaping_extents,
             snapshot: args.snapshot.clone(),
             no_backing: false,
         },
@@ -111,7 +112,8 @@ fn convert_options(args: &ConvertArgs) -> ConvertOptions {
     }
 }
 
-/// The files a conversion reads: every layer of the chain and their external data files.
+/// The files a conversion reads: every layer of the chain with its external data and
+/// extent files.
 struct InputFiles {
     /// (device, inode, the path it came from).
     identities: Vec<(u64, u64, PathBuf)>,
@@ -121,18 +123,7 @@ struct InputFiles {
 impl InputFiles {
     fn of(named: &Path, chain: &Chain) -> InputFiles {
         let mut paths = vec![named.to_path_buf()];
-        for layer in chain.layers() {
-            let layer_path = layer
-                .source()
-                .and_then(|source| source.path().map(Path::to_path_buf));
-            if let Some(data_file) = layer.info().data_file {
-                paths.push(FileParentResolver::parent_path(
-                    layer_path.as_deref(),
-                    &data_file,
-                ));
-            }
-            paths.extend(layer_path);
-        }
+        paths.extend(chain.files());
         let mut inputs = InputFiles {
             identities: Vec::new(),
             canonical: Vec::new(),

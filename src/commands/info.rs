@@ -60,6 +60,7 @@ pub fn run(args: &InfoArgs) -> Result<Status> {
         &args.image,
         &OpenRequest {
             salvage: args.open.salvage,
+            allow_escaping_extents: args.open.allow_escaping_extents,
             snapshot: args.snapshot.clone(),
             no_backing: args.no_backing,
         },

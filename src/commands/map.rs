@@ -152,6 +152,7 @@ pub fn run(args: &MapArgs) -> Result<Status> {
         &args.image,
         &OpenRequest {
             salvage: args.open.salvage,
+            allow_escaping_extents: args.open.allow_escaping_extents,
             snapshot: args.snapshot.clone(),
             no_backing: false,
         },

@@ -51,6 +51,7 @@ pub struct OpenRequest {
     pub salvage: bool,
     pub snapshot: Option<String>,
     pub no_backing: bool,
+    pub allow_escaping_extents: bool,
 }
 
 /// Opens `path` read-only with its backing chain (unless `no_backing`).
@@ -63,6 +64,7 @@ pub fn open(path: &Path, request: &OpenRequest) -> Result<Chain> {
         },
         snapshot: request.snapshot.clone(),
         follow_backing: !request.no_backing,
+        allow_escaping_extents: request.allow_escaping_extents,
         ..OpenOptions::default()
     };
     let chain = open_disk(path, &options)?;

@@ -312,4 +312,11 @@ impl VirtualDisk for Qcow2Disk {
     fn source(&self) -> Option<SourceRef> {
         Some(self.source.clone())
     }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        [&self.source, &self.data]
+            .into_iter()
+            .filter_map(|s| s.path().map(std::path::Path::to_path_buf))
+            .collect()
+    }
 }

@@ -397,4 +397,16 @@ impl VirtualDisk for VmdkDisk {
     fn source(&self) -> Option<SourceRef> {
         Some(self.source.clone())
     }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let extent_sources = self.extents.iter().filter_map(|e| match &e.data {
+            ExtentData::Flat { source, .. } => Some(source),
+            ExtentData::Sparse(sparse) => Some(&sparse.tables.source),
+            ExtentData::Zero | ExtentData::Unreadable(_) => None,
+        });
+        std::iter::once(&self.source)
+            .chain(extent_sources)
+            .filter_map(|s| s.path().map(std::path::Path::to_path_buf))
+            .collect()
+    }
 }
