@@ -12,6 +12,7 @@ pub mod chain;
 pub mod detect;
 pub mod disk;
 pub mod error;
+pub mod inflate;
 pub mod open;
 pub mod qcow2;
 pub mod raw;

@@ -52,7 +52,6 @@ thread_local! {
     /// One inflater per thread, reset for every cluster: creating zlib or zstd state per
     /// cluster costs more than inflating a 64 KiB cluster of text.
     static INFLATER: RefCell<Option<Decompress>> = const { RefCell::new(None) };
-    static LIBDEFLATE: RefCell<Option<libdeflater::Decompressor>> = const { RefCell::new(None) };
     static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     /// The compressed stream as read from the file, reused by the thread's next cluster.
     static STREAM: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -84,13 +83,7 @@ fn inflate_raw(input: &[u8], out: &mut [u8]) -> Result<(), String> {
     // libdeflate inflates a whole cluster about twice as fast as zlib, but only a stream
     // that ends inside the cluster; a stream that merely fills it (qemu accepts those)
     // or any other refusal goes to the streaming inflater, which decides.
-    let whole = LIBDEFLATE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut slot) => slot
-            .get_or_insert_with(libdeflater::Decompressor::new)
-            .deflate_decompress(input, out)
-            .ok(),
-        Err(_) => None,
-    });
+    let whole = crate::inflate::raw_deflate(input, out);
     if whole == Some(out.len()) {
         return Ok(());
     }

@@ -242,6 +242,9 @@ impl GrainTables {
 /// stream's end is ignored; a stream that would produce more than `out` is an error.
 pub fn inflate_zlib(input: &[u8], out: &mut [u8]) -> Result<usize, String> {
     use flate2::{Decompress, FlushDecompress, Status};
+    if let Some(n) = crate::inflate::zlib(input, out) {
+        return Ok(n);
+    }
     let mut z = Decompress::new(true);
     loop {
         let consumed = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
