@@ -153,14 +153,19 @@ impl GrainTables {
         self.geometry.capacity.div_ceil(self.geometry.grain_size)
     }
 
-    /// Classifies grain `index` of the extent.
-    pub fn grain(&self, index: u64) -> Result<Grain, CrateError> {
+    /// The grain at `index` and how many grains from it on (at least 1) read the same
+    /// way without another lookup: the rest of an absent or damaged grain table, the hole
+    /// up to a stream's next grain, everything past a directory cut short. Walking a
+    /// huge claimed capacity therefore costs one step per table, not one per grain, and
+    /// a damaged directory is reported once, not once per grain.
+    pub fn grain_run(&self, index: u64) -> Result<(Grain, u64), CrateError> {
         if let Some(stream) = &self.stream {
-            return Ok(stream.grain(index));
+            return Ok(stream.grain_run(index));
         }
         let g = &self.geometry;
         let table_index = index / g.gtes_per_gt;
         let entry_index = index % g.gtes_per_gt;
+        let rest_of_table = g.gtes_per_gt - entry_index;
         let slot = usize::try_from(table_index)
             .ok()
             .and_then(|i| self.directory.get(i));
@@ -170,15 +175,13 @@ impl GrainTables {
                     "has no entry {table_index} (cut by the end of the file); the directory holds {}",
                     self.directory.len()
                 );
-                return Ok(Grain::Unreadable(self.log.damage(
-                    &self.file,
-                    "grain directory",
-                    0,
-                    what,
-                )?));
+                let reason = self.log.damage(&self.file, "grain directory", 0, what)?;
+                return Ok((Grain::Unreadable(reason), u64::MAX));
             }
-            Some(TableRef::Absent) => return Ok(Grain::Unallocated),
-            Some(TableRef::Damaged(reason)) => return Ok(Grain::Unreadable(reason.clone())),
+            Some(TableRef::Absent) => return Ok((Grain::Unallocated, rest_of_table)),
+            Some(TableRef::Damaged(reason)) => {
+                return Ok((Grain::Unreadable(reason.clone()), rest_of_table))
+            }
             Some(TableRef::At(at)) => *at,
         };
         let table = self.table(table_index, table_at)?;
@@ -188,22 +191,20 @@ impl GrainTables {
             .copied()
         else {
             let what = format!("entry {entry_index} lies past the end of the file");
-            return Ok(Grain::Unreadable(self.log.damage(
-                &self.file,
-                "grain table",
-                table_at,
-                what,
-            )?));
+            return Ok((
+                Grain::Unreadable(self.log.damage(&self.file, "grain table", table_at, what)?),
+                1,
+            ));
         };
         let grain = match self.decode(entry) {
             Ok(grain) => grain,
             Err(what) => {
                 let what = format!("entry {entry_index}: {what}");
                 let reason = self.log.damage(&self.file, "grain table", table_at, what)?;
-                return Ok(Grain::Unreadable(reason));
+                return Ok((Grain::Unreadable(reason), 1));
             }
         };
-        self.check_grain(grain, index, table_at, entry_index)
+        Ok((self.check_grain(grain, index, table_at, entry_index)?, 1))
     }
 
     /// Decodes one grain table entry into a grain (offsets not yet checked).

@@ -333,14 +333,29 @@ fn open_extent(
     }
     let path = resolve(file, dir, descriptor, line, options)?;
     let name = line.file.clone().unwrap_or_default();
-    let extent: SourceRef =
-        Arc::new(FileSource::open(&path).map_err(|e| Error::MissingExtent {
-            file: file.to_string(),
-            name: name.clone(),
-            line: line.line,
-            path: path.display().to_string(),
-            source: e,
-        })?);
+    let extent: SourceRef = match FileSource::open(&path) {
+        Ok(opened) => Arc::new(opened),
+        // Salvage reads the other extents and reports this one's range as unreadable.
+        Err(e) if options.mode == ParseMode::Salvage => {
+            let what = format!(
+                "extent '{name}' (descriptor line {}) cannot be opened at {}: {e}; its {len} bytes are unreadable",
+                line.line,
+                path.display()
+            );
+            let reason = log.damage(file, "extent", 0, what)?;
+            return whole(ExtentData::Unreadable(reason));
+        }
+        Err(e) => {
+            return Err(Error::MissingExtent {
+                file: file.to_string(),
+                name: name.clone(),
+                line: line.line,
+                path: path.display().to_string(),
+                source: e,
+            }
+            .into())
+        }
+    };
     let data = match line.kind {
         ExtentType::Flat | ExtentType::Vmfs => {
             let at = line.offset.checked_mul(512).ok_or_else(|| Error::Descriptor {

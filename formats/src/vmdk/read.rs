@@ -76,9 +76,14 @@ impl VmdkDisk {
                         let rel = p - extent.start;
                         let index = rel / gs;
                         let within = rel % gs;
-                        let piece_end = (extent.start + (index + 1) * gs).min(stop);
+                        let (grain, run) = t.grain_run(index)?;
+                        let piece_end = index
+                            .saturating_add(run)
+                            .saturating_mul(gs)
+                            .saturating_add(extent.start)
+                            .min(stop);
                         let len = piece_end - p;
-                        let piece = match t.grain(index)? {
+                        let piece = match grain {
                             Grain::Cut {
                                 host,
                                 present,

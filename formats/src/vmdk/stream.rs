@@ -57,14 +57,22 @@ pub struct StreamIndex {
 }
 
 impl StreamIndex {
-    pub fn grain(&self, index: u64) -> Grain {
+    /// The grain at `index` and how many grains from it read the same way (see
+    /// `GrainTables::grain_run`): a hole runs up to the next grain found or the horizon.
+    pub fn grain_run(&self, index: u64) -> (Grain, u64) {
         match self.grains.binary_search_by_key(&index, |&(g, _)| g) {
             Ok(i) => match self.grains.get(i) {
-                Some(&(_, host)) => Grain::Compressed { host },
-                None => Grain::Unreadable(self.cut.clone()),
+                Some(&(_, host)) => (Grain::Compressed { host }, 1),
+                None => (Grain::Unreadable(self.cut.clone()), 1),
             },
-            Err(_) if index < self.horizon => Grain::Unallocated,
-            Err(_) => Grain::Unreadable(self.cut.clone()),
+            Err(i) => {
+                let next = self.grains.get(i).map_or(u64::MAX, |&(g, _)| g);
+                if index < self.horizon {
+                    (Grain::Unallocated, next.min(self.horizon) - index)
+                } else {
+                    (Grain::Unreadable(self.cut.clone()), next - index)
+                }
+            }
         }
     }
 }
