@@ -2,13 +2,12 @@
 //! by path, comparing large (sparse) raw outputs range by range, reading `--json` reports.
 
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::{merge_flags, parse_map, qemu_map, union, vdr, Run};
+use super::{merge_flags, parse_map, qemu_map, vdr, Run};
 
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -52,65 +51,59 @@ pub fn assert_map_agrees_with_qemu(dir: &Path, image: &Path) {
     );
 }
 
-/// The byte ranges where the two files differ (lengths must be equal), in chunks of
-/// 64 KiB: enough to locate a difference, fast on sparse multi-GiB outputs.
-pub fn differing_chunks(a: &Path, b: &Path) -> Vec<Range<u64>> {
-    const CHUNK: usize = 1 << 16;
-    let len_a = std::fs::metadata(a).expect("stat").len();
-    let len_b = std::fs::metadata(b).expect("stat").len();
-    assert_eq!(
-        len_a,
-        len_b,
-        "{} and {} differ in size",
-        a.display(),
-        b.display()
+/// The first byte `i` in `0..len` where `ours[i]` differs from `theirs[theirs_at + i]`
+/// outside the ranges `skip` (offsets in `ours`), if any. Reads 1 MiB chunks: fast on
+/// multi-GiB sparse outputs.
+pub fn first_difference(
+    ours: &Path,
+    theirs: &Path,
+    theirs_at: u64,
+    len: u64,
+    skip: &[Range<u64>],
+) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let (a, b) = (
+        File::open(ours).expect("open"),
+        File::open(theirs).expect("open"),
     );
-    let (mut fa, mut fb) = (File::open(a).expect("open"), File::open(b).expect("open"));
-    let (mut ba, mut bb) = (vec![0u8; CHUNK << 4], vec![0u8; CHUNK << 4]);
-    let mut out = Vec::new();
+    let (mut ba, mut bb) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
     let mut at = 0u64;
-    while at < len_a {
-        let n = ((len_a - at) as usize).min(ba.len());
-        fa.read_exact(&mut ba[..n]).expect("read");
-        fb.read_exact(&mut bb[..n]).expect("read");
+    while at < len {
+        let n = (len - at).min(CHUNK) as usize;
+        a.read_exact_at(&mut ba[..n], at).expect("read ours");
+        b.read_exact_at(&mut bb[..n], theirs_at + at)
+            .expect("read theirs");
         if ba[..n] != bb[..n] {
-            for (i, (x, y)) in ba[..n].chunks(CHUNK).zip(bb[..n].chunks(CHUNK)).enumerate() {
-                if x != y {
-                    let start = at + (i * CHUNK) as u64;
-                    out.push(start..start + x.len() as u64);
-                }
+            let bad = (0..n).find(|&i| {
+                let off = at + i as u64;
+                ba[i] != bb[i] && !skip.iter().any(|r| r.contains(&off))
+            });
+            if let Some(i) = bad {
+                return Some(at + i as u64);
             }
         }
         at += n as u64;
     }
-    union(out)
-}
-
-/// The first byte where the files differ outside `skip`, if any (exact, byte by byte
-/// inside the differing chunks).
-pub fn first_difference_outside(a: &Path, b: &Path, skip: &[Range<u64>]) -> Option<u64> {
-    for chunk in differing_chunks(a, b) {
-        let x = read_range(a, chunk.clone());
-        let y = read_range(b, chunk.clone());
-        for (i, (p, q)) in x.iter().zip(&y).enumerate() {
-            let at = chunk.start + i as u64;
-            if p != q && !skip.iter().any(|r| r.contains(&at)) {
-                return Some(at);
-            }
-        }
-    }
     None
 }
 
-/// The bytes of `range` of the file at `path`.
-pub fn read_range(path: &Path, range: Range<u64>) -> Vec<u8> {
+/// True when every byte of `range` of the file at `path` is zero.
+pub fn is_zero_range(path: &Path, range: Range<u64>) -> bool {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
-    File::open(path)
-        .expect("open")
-        .read_exact_at(&mut buf, range.start)
-        .expect("read range");
-    buf
+    const CHUNK: u64 = 1 << 20;
+    let file = File::open(path).expect("open");
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], at).expect("read range");
+        if buf[..n].iter().any(|&b| b != 0) {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
 }
 
 /// The unreadable ranges of a `convert --json` report, each with a reason.
