@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{merge_flags, parse_map, qemu_map, vdr, Run};
+use super::{data_offsets, merge_flags, parse_map, qemu_map, vdr, Run};
 
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -29,8 +29,8 @@ pub fn vdr_info(dir: &Path, image: &Path, extra: &[&str]) -> Value {
 }
 
 /// Panics unless `vdr map --json` and `qemu-img map --output=json` describe the same
-/// ranges with the same depth and kind (runs merged; host offsets not compared: qemu and
-/// vdr name different files for flat and split extents).
+/// ranges with the same depth and kind (runs merged), and the same host offsets for
+/// uncompressed data (the offset in the extent file holding it).
 ///
 /// A hole in a flat extent's file is `data: true, zero: true` in qemu-img's map (the
 /// extent is allocated, the file layer says the bytes read as zeros) and a zero range
@@ -47,6 +47,12 @@ pub fn assert_map_agrees_with_qemu(dir: &Path, image: &Path) {
         merge_flags(&ours),
         merge_flags(&theirs),
         "map of {} differs from qemu-img's",
+        image.display()
+    );
+    assert_eq!(
+        data_offsets(&ours),
+        data_offsets(&theirs),
+        "host offsets in the map of {} differ from qemu-img's",
         image.display()
     );
 }
