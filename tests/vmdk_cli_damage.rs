@@ -481,3 +481,22 @@ fn sesparse_capacity_beyond_its_directory_is_salvaged_quickly() {
 
     assert_salvage_info_is_quick(&dirs, &path);
 }
+
+/// The same per-grain walk through a COWD extent (the vmdk_cowd fuzz target runs at about
+/// 15 inputs/s for it): a fixture-built COWD extent with one-sector grains, opened alone,
+/// its header capacity (offset 12) set to 0xffffffff sectors (2 TiB) while its one grain
+/// directory entry maps 2 MiB.
+#[test]
+#[ignore = "bug: salvage info/map of a COWD extent whose capacity exceeds its grain directory walk 4G one-sector grains one by one, recording a damage string per grain (formats/src/vmdk/grains.rs GrainTables::grain 'has no entry' path, called per grain from read.rs walk); the release build still runs past 20 s"]
+fn cowd_capacity_beyond_its_directory_is_salvaged_quickly() {
+    let dirs = Dirs::new("cowd-capacity");
+    let fixture =
+        vdr_fixtures::cowd::build(&dirs.good(), "c", 256 * 1024, &[(0, &[0x5a; 4096])], None)
+            .expect("build");
+    let mut image = std::fs::read(&fixture.extent).expect("read");
+    image[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    let path = dirs.input().join("c-delta.vmdk");
+    std::fs::write(&path, image).expect("write");
+
+    assert_salvage_info_is_quick(&dirs, &path);
+}
