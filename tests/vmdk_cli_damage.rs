@@ -2,8 +2,8 @@
 //! binary: strict mode refuses with the message the variant states (file, structure, and
 //! an offset where there is one), salvage (`convert --salvage --fill-unreadable zeros
 //! --json`) returns exactly the variant's content outside the unreadable ranges it
-//! reports, reports the ranges whose data is gone, and records a finding; no input file
-//! changes. Where qemu-img is wrong (a zeroed primary grain directory) its behaviour is
+//! reports, reports the ranges whose data is gone (and `map --salvage` marks the same
+//! ranges unreadable), and records a finding; no input file changes. Where qemu-img is wrong (a zeroed primary grain directory) its behaviour is
 //! asserted too, as the documented peer bug it is.
 
 mod common;
@@ -118,8 +118,9 @@ fn oracle(dirs: &Dirs, variant: &Variant) -> (PathBuf, u64) {
 }
 
 /// Salvage: the report's unreadable ranges lie in `damaged` and cover `lost`; they read as
-/// zeros; every other byte is the variant's content; the exit code says whether ranges
-/// were filled. Returns the unreadable ranges.
+/// zeros and are the ranges `map --salvage` marks unreadable; every other byte is the
+/// variant's content; the exit code says whether ranges were filled. Returns the
+/// unreadable ranges.
 fn assert_salvage_returns_the_content(dirs: &Dirs, variant: &Variant) -> Vec<Range<u64>> {
     let e = &variant.expect;
     let out = dirs.out(&format!("{}-salvage.raw", variant.name));
@@ -153,6 +154,23 @@ fn assert_salvage_returns_the_content(dirs: &Dirs, variant: &Variant) -> Vec<Ran
             variant.name
         );
     }
+    let map = vdr(
+        dirs.tmp.path(),
+        &["map", "--salvage", "--json", s(&variant.path)],
+    );
+    let entries = parse_map(&map.expect_code(0).json());
+    assert_tiles(variant.name, &entries, e.size);
+    let mapped: Vec<Range<u64>> = entries
+        .iter()
+        .filter(|m| m.unreadable)
+        .map(|m| m.start..m.end())
+        .collect();
+    assert_eq!(
+        union(mapped),
+        unreadable,
+        "{}: map and convert disagree",
+        variant.name
+    );
     let (raw, offset) = oracle(dirs, variant);
     assert_eq!(
         first_difference(&out, &raw, offset, e.size, &unreadable),
