@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod case;
+pub mod vmdk;
 
 use std::collections::BTreeMap;
 use std::fs::File;
