@@ -462,14 +462,14 @@ fn disks_a_sparse_extent_cannot_hold_are_refused() {
         .unwrap();
     let empty = dir.path().join("empty.raw");
     std::fs::write(&empty, b"").unwrap();
-    for input in [&huge, &empty] {
+    for (input, says) in [(&huge, "monolithicFlat"), (&empty, "empty disk")] {
         for subformat in [
             VmdkSubformat::MonolithicSparse,
             VmdkSubformat::StreamOptimized,
         ] {
             let out = dir.path().join("big.vmdk");
             let err = run(&file_disk(input), &out, &vmdk(subformat, 1)).unwrap_err();
-            assert!(err.to_string().contains("monolithicFlat"), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
             assert!(!out.exists());
         }
     }

@@ -44,14 +44,22 @@ pub(super) fn convert_vmdk(
     }
     let size = disk.size();
     let capacity = size.div_ceil(SECTOR);
-    if capacity == 0 || capacity > MAX_CAPACITY_SECTORS {
-        return Err(Error::Output {
-            path: path.to_string(),
-            what: format!(
-                "a {size}-byte disk does not fit one sparse extent (1 byte to 2 TiB - 512 \
-                 bytes); use --subformat monolithicFlat"
-            ),
-        });
+    let refuse = |what: String| Error::Output {
+        path: path.to_string(),
+        what,
+    };
+    if capacity == 0 {
+        return Err(refuse(
+            "an empty disk cannot be a sparse VMDK: a sparse extent of capacity 0 reads as a \
+             descriptor-only file"
+                .into(),
+        ));
+    }
+    if capacity > MAX_CAPACITY_SECTORS {
+        return Err(refuse(format!(
+            "a {size}-byte disk does not fit one sparse extent (at most 2 TiB - 512 bytes); \
+             use --subformat monolithicFlat"
+        )));
     }
     let descriptor = Descriptor {
         cid,
