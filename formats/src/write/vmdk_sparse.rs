@@ -33,7 +33,8 @@ use super::clusters::{ClusterOut, ClusterUnit};
 use super::gather::push_unreadable;
 use super::vmdk_extent::{
     entries_to_sectors, gd_sectors, grain_tables, to_sector_u32, GrainTable, SparseHeader,
-    FLAG_NEWLINE_TEST, FLAG_REDUNDANT_GD, GRAIN_BYTES, GRAIN_SECTORS, GT_SECTORS, SECTOR,
+    FLAG_NEWLINE_TEST, FLAG_REDUNDANT_GD, GRAIN_BYTES, GRAIN_SECTORS, GTES_PER_GT, GT_SECTORS,
+    SECTOR,
 };
 use super::ConvertReport;
 
@@ -136,7 +137,7 @@ impl<'a> SparseWriter<'a> {
                 }
                 ClusterOut::Plain(range) => {
                     // Neighbouring stored grains of one grain table go out in one write.
-                    let table_end = (self.table.index + 1) * super::vmdk_extent::GTES_PER_GT;
+                    let table_end = (self.table.index + 1) * GTES_PER_GT;
                     let mut end = range.end;
                     let mut n = 1;
                     while let Some(ClusterOut::Plain(next)) = unit.clusters.get(i + n) {
