@@ -202,3 +202,68 @@ fn json_report_counts_compressed_grains() {
     // grains 0, 16..20 (the text), 80, 96 (the last, short one)
     assert_eq!(report["compressed_clusters"].as_u64(), Some(8), "{report}");
 }
+
+#[test]
+fn interrupted_flat_conversion_leaves_neither_file() {
+    use std::time::{Duration, Instant};
+    if !have_qemu_img("interrupted_flat_conversion_leaves_neither_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A compressed qcow2: a debug build inflates it slowly enough to interrupt.
+    let raw = dir.path().join("text.raw");
+    let text: Vec<u8> = b"grain table entry of a recovered extent\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(96 << 20)
+        .collect();
+    fs::write(&raw, &text).expect("write text");
+    let input = dir.path().join("in.qcow2");
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-O",
+        "qcow2",
+        &raw.to_string_lossy(),
+        &input.to_string_lossy(),
+    ]);
+    let out = dir.path().join("disk.vmdk");
+    let flat = dir.path().join("disk-flat.vmdk");
+    let bin = assert_cmd::cargo::cargo_bin!("vdr");
+    let mut child = std::process::Command::new(bin)
+        .arg("convert")
+        .arg(&input)
+        .arg(&out)
+        .args([
+            "-O",
+            "vmdk",
+            "--subformat",
+            "monolithicFlat",
+            "--threads",
+            "1",
+        ])
+        .spawn()
+        .expect("spawn vdr");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !flat.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(flat.exists(), "convert never created the extent file");
+    std::thread::sleep(Duration::from_millis(50));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let code = child.wait().expect("wait vdr").code();
+
+    if code == Some(0) {
+        println!("SKIP: interrupted_flat_conversion_leaves_neither_file: convert finished first");
+        return;
+    }
+    assert_eq!(code, Some(130));
+    assert!(!out.exists(), "the descriptor must be removed");
+    assert!(!flat.exists(), "the extent file must be removed");
+}
