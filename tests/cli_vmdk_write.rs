@@ -1,6 +1,7 @@
 //! `vdr convert -O vmdk --subformat ...`: the flags (default subformat, `-c` implied for
 //! streamOptimized and refused for the others, `--subformat` only with `-O vmdk`), the
-//! two files of monolithicFlat under the safety rules, and the output against qemu-img.
+//! two files of monolithicFlat under the safety rules (an existing extent, an extent that
+//! is the input, an interrupted run), and the output against qemu-img.
 
 mod cli_support;
 
