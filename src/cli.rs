@@ -95,6 +95,21 @@ pub struct CheckArgs {
 pub enum OutputFormatArg {
     Raw,
     Qcow2,
+    Vmdk,
+}
+
+/// VMDK layouts for `vdr convert -O vmdk --subformat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SubformatArg {
+    /// One sparse file with the descriptor inside (the default).
+    #[value(name = "monolithicSparse")]
+    MonolithicSparse,
+    /// One compressed sparse file with markers, VMware's OVF/OVA layout (implies -c).
+    #[value(name = "streamOptimized")]
+    StreamOptimized,
+    /// OUTPUT is a descriptor; the raw data goes to NAME-flat.EXT beside it.
+    #[value(name = "monolithicFlat")]
+    MonolithicFlat,
 }
 
 /// Compression algorithms for `vdr convert -c`.
@@ -120,7 +135,11 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(short = 'O', value_enum, default_value_t = OutputFormatArg::Raw, value_name = "FORMAT")]
     pub format: OutputFormatArg,
-    /// Compress data clusters (qcow2 output only).
+    /// VMDK layout (with -O vmdk; default monolithicSparse).
+    #[arg(long, value_enum, value_name = "SUBFORMAT")]
+    pub subformat: Option<SubformatArg>,
+    /// Compress data clusters (qcow2 output; implied by -O vmdk --subformat
+    /// streamOptimized).
     #[arg(short = 'c')]
     pub compress: bool,
     /// Compression algorithm used with -c.
@@ -201,5 +220,26 @@ mod tests {
         assert_eq!(args.compression, CompressionArg::Deflate);
         assert_eq!(args.threads, 0);
         assert!(!args.compress && !args.force && args.fill_unreadable.is_none());
+        assert!(args.subformat.is_none());
+    }
+
+    #[test]
+    fn vmdk_subformats_use_vmwares_spelling() {
+        let cli = Cli::try_parse_from([
+            "vdr",
+            "convert",
+            "in",
+            "out",
+            "-O",
+            "vmdk",
+            "--subformat",
+            "streamOptimized",
+        ])
+        .expect("parses");
+        let Command::Convert(args) = cli.command else {
+            panic!("not convert");
+        };
+        assert_eq!(args.format, OutputFormatArg::Vmdk);
+        assert_eq!(args.subformat, Some(SubformatArg::StreamOptimized));
     }
 }

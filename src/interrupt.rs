@@ -9,36 +9,45 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-/// The output to remove on a signal; null when nothing is being written. The pointee is a
-/// leaked `CString`, so the handler never sees freed memory.
-static PARTIAL_OUTPUT: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+/// The outputs to remove on a signal (a VMDK monolithicFlat conversion writes two files);
+/// null when nothing is being written. Each pointee is a leaked `CString`, so the handler
+/// never sees freed memory.
+static PARTIAL_OUTPUTS: [AtomicPtr<libc::c_char>; 2] = [
+    AtomicPtr::new(std::ptr::null_mut()),
+    AtomicPtr::new(std::ptr::null_mut()),
+];
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 extern "C" fn remove_partial_output_and_exit(signal: libc::c_int) {
-    let path = PARTIAL_OUTPUT.swap(std::ptr::null_mut(), Ordering::SeqCst);
-    if !path.is_null() {
-        // SAFETY: `path` points to a NUL-terminated string leaked by `Guard::arm` and never
-        // freed; unlink and _exit are async-signal-safe (signal-safety(7)).
-        unsafe {
-            libc::unlink(path);
+    for slot in &PARTIAL_OUTPUTS {
+        let path = slot.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !path.is_null() {
+            // SAFETY: `path` points to a NUL-terminated string leaked by `Guard::arm` and
+            // never freed; unlink and _exit are async-signal-safe (signal-safety(7)).
+            unsafe {
+                libc::unlink(path);
+            }
         }
     }
     // SAFETY: _exit is async-signal-safe and ends the process without running Rust code.
     unsafe { libc::_exit(128 + signal) }
 }
 
-/// While alive, a signal removes `path` and ends vdr with 128 + the signal number.
+/// While alive, a signal removes the armed outputs and ends vdr with 128 + the signal
+/// number.
 pub struct Guard {
     previous: Vec<(libc::c_int, libc::sighandler_t)>,
 }
 
 impl Guard {
-    /// Arms the handler for `path`. A path with an interior NUL cannot be armed (and
-    /// cannot be created either).
-    pub fn arm(path: &Path) -> Guard {
-        if let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) {
-            PARTIAL_OUTPUT.store(c_path.into_raw(), Ordering::SeqCst);
+    /// Arms the handler for `paths` (at most two; more are not armed). A path with an
+    /// interior NUL cannot be armed (and cannot be created either).
+    pub fn arm(paths: &[&Path]) -> Guard {
+        for (slot, path) in PARTIAL_OUTPUTS.iter().zip(paths) {
+            if let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) {
+                slot.store(c_path.into_raw(), Ordering::SeqCst);
+            }
         }
         let handler = remove_partial_output_and_exit as extern "C" fn(libc::c_int);
         let previous = SIGNALS
@@ -65,6 +74,8 @@ impl Drop for Guard {
         }
         // The CString stays leaked on purpose: a handler that already loaded the pointer
         // may still be using it.
-        PARTIAL_OUTPUT.store(std::ptr::null_mut(), Ordering::SeqCst);
+        for slot in &PARTIAL_OUTPUTS {
+            slot.store(std::ptr::null_mut(), Ordering::SeqCst);
+        }
     }
 }

@@ -30,5 +30,6 @@ pub use error::Error;
 pub use open::{open_disk, open_image, OpenOptions};
 pub use source::{FileSource, MmapSource, SliceSource, Source, SourceRef};
 pub use write::{
-    convert, Compression, ConvertOptions, ConvertReport, OutputFormat, UnreadablePolicy,
+    convert, flat_extent_path, Compression, ConvertOptions, ConvertReport, OutputFormat,
+    UnreadablePolicy, VmdkSubformat,
 };

@@ -1,10 +1,12 @@
 //! `vdr convert`: writes the image's content (the leaf's view of its chain) into a new
-//! file, raw or qcow2.
+//! file, raw, qcow2 or vmdk.
 //!
 //! Safety rules (DESIGN.md): the output is never one of the inputs, checked by device and
 //! inode (catches hard links and symlinks) and by canonical path, and `--force` does not
 //! lift that rule; an existing output is replaced only with `--force`; a conversion that
-//! fails or is interrupted leaves no partial output behind.
+//! fails or is interrupted leaves no partial output behind. VMDK monolithicFlat output is
+//! two files (the descriptor OUTPUT and its `-flat` extent beside it): both follow these
+//! rules.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -12,12 +14,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use vdr_formats::{
-    convert, Chain, Compression, ConvertOptions, ConvertReport, OutputFormat, UnreadablePolicy,
-    VirtualDisk,
+    convert, flat_extent_path, Chain, Compression, ConvertOptions, ConvertReport, OutputFormat,
+    UnreadablePolicy, VirtualDisk, VmdkSubformat,
 };
 
 use super::{open, OpenRequest, Status};
-use crate::cli::{usage_error, CompressionArg, ConvertArgs, FillArg, OutputFormatArg};
+use crate::cli::{
+    usage_error, CompressionArg, ConvertArgs, FillArg, OutputFormatArg, SubformatArg,
+};
 use crate::interrupt;
 use crate::output::{binary_size, print_json, print_line};
 use crate::progress::Progress;
@@ -38,18 +42,29 @@ pub fn run(args: &ConvertArgs) -> Result<Status> {
         },
     )?;
     let inputs = InputFiles::of(&args.input, &chain);
-    inputs.refuse_if_input(&args.output)?;
-    make_room(&args.output, args.force)?;
+    let mut outputs = vec![args.output.clone()];
+    if options.format == OutputFormat::Vmdk(VmdkSubformat::MonolithicFlat) {
+        outputs.push(flat_extent_path(&args.output));
+    }
+    for out in &outputs {
+        inputs.refuse_if_input(out)?;
+    }
+    for out in &outputs {
+        make_room(out, args.force)?;
+    }
 
     let progress = Progress::new(chain.size(), args.json);
-    let interrupted = interrupt::Guard::arm(&args.output);
+    let armed: Vec<&Path> = outputs.iter().map(PathBuf::as_path).collect();
+    let interrupted = interrupt::Guard::arm(&armed);
     let result = convert(&chain, &args.output, &options, &|done| progress.set(done));
     drop(interrupted);
     progress.finish();
     let report = match result {
         Ok(report) => report,
         Err(err) => {
-            remove_partial_output(&args.output, &inputs);
+            for out in &outputs {
+                remove_partial_output(out, &inputs);
+            }
             return Err(err.into());
         }
     };
@@ -66,7 +81,7 @@ pub fn run(args: &ConvertArgs) -> Result<Status> {
     if args.json {
         print_json(&report)?;
     } else {
-        print_summary(args, &chain, &report)?;
+        print_summary(args, options.format, &chain, &report)?;
     }
     Ok(if report.unreadable.is_empty() {
         Status::Ok
@@ -77,14 +92,30 @@ pub fn run(args: &ConvertArgs) -> Result<Status> {
 
 /// The writer's options from the flags; contradictory flags are usage errors (exit 2).
 fn convert_options(args: &ConvertArgs) -> ConvertOptions {
-    let format = match args.format {
-        OutputFormatArg::Raw => OutputFormat::Raw,
-        OutputFormatArg::Qcow2 => OutputFormat::Qcow2,
+    let format = match (args.format, args.subformat) {
+        (OutputFormatArg::Raw | OutputFormatArg::Qcow2, Some(_)) => {
+            usage_error("convert", "--subformat applies to -O vmdk only")
+        }
+        (OutputFormatArg::Raw, None) => OutputFormat::Raw,
+        (OutputFormatArg::Qcow2, None) => OutputFormat::Qcow2,
+        (OutputFormatArg::Vmdk, subformat) => OutputFormat::Vmdk(match subformat {
+            None | Some(SubformatArg::MonolithicSparse) => VmdkSubformat::MonolithicSparse,
+            Some(SubformatArg::StreamOptimized) => VmdkSubformat::StreamOptimized,
+            Some(SubformatArg::MonolithicFlat) => VmdkSubformat::MonolithicFlat,
+        }),
     };
-    if args.compress && format == OutputFormat::Raw {
+    let stream = format == OutputFormat::Vmdk(VmdkSubformat::StreamOptimized);
+    if args.compress && !stream && format != OutputFormat::Qcow2 {
         usage_error(
             "convert",
-            "-c (compression) needs a compressing output format: use -O qcow2",
+            "-c (compression) needs a compressing output format: use -O qcow2 or \
+             -O vmdk --subformat streamOptimized",
+        );
+    }
+    if stream && args.compression == CompressionArg::Zstd {
+        usage_error(
+            "convert",
+            "streamOptimized grains are deflate-compressed; --compression zstd does not apply",
         );
     }
     if !args.cluster_size.is_power_of_two() || !CLUSTER_SIZES.contains(&args.cluster_size) {
@@ -96,7 +127,8 @@ fn convert_options(args: &ConvertArgs) -> ConvertOptions {
             ),
         );
     }
-    let compression = args.compress.then_some(match args.compression {
+    // streamOptimized grains are always compressed; -c is accepted and changes nothing.
+    let compression = (args.compress && !stream).then_some(match args.compression {
         CompressionArg::Deflate => Compression::Deflate,
         CompressionArg::Zstd => Compression::Zstd,
     });
@@ -109,6 +141,7 @@ fn convert_options(args: &ConvertArgs) -> ConvertOptions {
             Some(FillArg::Zeros) => UnreadablePolicy::Zeros,
             None => UnreadablePolicy::Fail,
         },
+        vmdk_cid: None,
     }
 }
 
@@ -219,10 +252,16 @@ fn remove_partial_output(out: &Path, inputs: &InputFiles) {
     }
 }
 
-fn print_summary(args: &ConvertArgs, chain: &Chain, report: &ConvertReport) -> Result<()> {
-    let format = match args.format {
-        OutputFormatArg::Raw => "raw",
-        OutputFormatArg::Qcow2 => "qcow2",
+fn print_summary(
+    args: &ConvertArgs,
+    format: OutputFormat,
+    chain: &Chain,
+    report: &ConvertReport,
+) -> Result<()> {
+    let format = match format {
+        OutputFormat::Raw => "raw".to_string(),
+        OutputFormat::Qcow2 => "qcow2".to_string(),
+        OutputFormat::Vmdk(subformat) => format!("vmdk {}", subformat.name()),
     };
     print_line(&format!(
         "Converted {} ({}, chain of {}) to {} ({format}): {} virtual, {} data, {} zeros{}.",

@@ -1,5 +1,6 @@
-//! The worker side of the qcow2 writer: one unit of the disk turned into clusters ready to
-//! place: all-zero (left unallocated), plain, or compressed (see `compress.rs`).
+//! The worker side of the qcow2 and VMDK sparse writers: one unit of the disk turned into
+//! clusters (qcow2 clusters, VMDK grains) ready to place: all-zero (left unallocated),
+//! plain, or compressed (see `compress.rs`).
 //!
 //! Clusters that the extent map already says read as zeros are neither read nor checked,
 //! and a unit without data allocates nothing. Buffers of plain data travel to the writer
@@ -18,12 +19,12 @@ use super::compress::ClusterCompressor;
 use super::gather::{is_zero, map_unit, read_extent_salvaging, sort_unreadable};
 use super::{UnreadablePolicy, UnreadableRange};
 
-/// Work unit of the qcow2 writer: whole clusters, about 2 MiB.
+/// Work unit of the cluster writers: whole clusters, about 2 MiB.
 pub(super) fn unit_len(cluster_size: u64) -> u64 {
     (2u64 << 20).max(cluster_size)
 }
 
-/// How one cluster of a unit is stored; ranges index [`Qcow2Unit::bytes`].
+/// How one cluster of a unit is stored; ranges index [`ClusterUnit::bytes`].
 pub(super) enum ClusterOut {
     Zero,
     Plain(Range<usize>),
@@ -31,7 +32,7 @@ pub(super) enum ClusterOut {
 }
 
 /// What a worker prepared for one unit.
-pub(super) struct Qcow2Unit {
+pub(super) struct ClusterUnit {
     pub bytes: Vec<u8>,
     pub clusters: Vec<ClusterOut>,
     pub unreadable: Vec<UnreadableRange>,
@@ -73,7 +74,7 @@ impl ClusterWorker {
         disk: &dyn VirtualDisk,
         offset: u64,
         len: u64,
-    ) -> Result<Qcow2Unit, Error> {
+    ) -> Result<ClusterUnit, Error> {
         let mut unreadable = Vec::new();
         let extents = map_unit(disk, offset, len, self.policy, &mut unreadable)?;
         let cs = self.cluster_size;
@@ -88,7 +89,7 @@ impl ClusterWorker {
             }
         }
         if !has_data.contains(&true) {
-            return Ok(Qcow2Unit {
+            return Ok(ClusterUnit {
                 bytes: Vec::new(),
                 clusters: (0..count).map(|_| ClusterOut::Zero).collect(),
                 unreadable,
@@ -149,7 +150,7 @@ impl ClusterWorker {
                 out
             }
         };
-        Ok(Qcow2Unit {
+        Ok(ClusterUnit {
             bytes,
             clusters,
             unreadable,

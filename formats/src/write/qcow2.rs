@@ -27,7 +27,7 @@ use std::fs::File;
 use crate::error::Error;
 
 use super::appender::Appender;
-use super::clusters::{ClusterOut, Qcow2Unit};
+use super::clusters::{ClusterOut, ClusterUnit};
 use super::gather::push_unreadable;
 use super::refcount::{end_layout, Refcounts};
 use super::{Compression, ConvertReport};
@@ -122,7 +122,7 @@ impl<'a> Qcow2Writer<'a> {
 
     /// Writes the clusters of the unit at virtual `offset`; gives back the unit's buffer
     /// for reuse.
-    pub fn write_unit(&mut self, offset: u64, unit: Qcow2Unit) -> Result<Vec<u8>, Error> {
+    pub fn write_unit(&mut self, offset: u64, unit: ClusterUnit) -> Result<Vec<u8>, Error> {
         let first = offset / self.cluster_size;
         let mut i = 0;
         while i < unit.clusters.len() {
