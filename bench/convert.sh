@@ -5,10 +5,14 @@
 # virtual bytes holding about half of it in data that compresses like a real disk (text,
 # random and zero blocks; bench/gen-disk.py), and a compressed copy (qemu-img convert -c).
 #
-# Operations, each against qemu-img's default and its fastest setting:
+# Operations, each against qemu-img's default and its fastest setting (the VMDK inputs
+# are made from the qcow2 by qemu-img and cached too):
 #   qcow2 -> raw                     vs qemu-img convert -O raw      and  -C (copy offload)
 #   compressed qcow2 -> raw (-t 2)   vs qemu-img convert -O raw      and  -W
 #   qcow2 -> qcow2 -c (-t 2)         vs qemu-img convert -O qcow2 -c and  -c -W
+#   qcow2 -> vmdk streamOptimized    vs qemu-img convert -O vmdk -o subformat=... and -W
+#   vmdk stream -> raw (-t 2)        vs qemu-img convert -O raw      and  -W
+#   vmdk monolithicSparse -> raw     vs qemu-img convert -O raw      and  -C
 #   qcow2 -> vmdk streamOptimized    vs qemu-img convert -O vmdk -o subformat=streamOptimized
 #     (-t 2)                            and the same with -W (qemu compresses vmdk grains in
 #                                       its main loop either way); target: half qemu's time
@@ -26,7 +30,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/bench/out
 size=${VDR_BENCH_SIZE:-4G}
 runs=${VDR_BENCH_RUNS:-3}
-ops=${VDR_BENCH_OPS:-raw,compressed,qcow2c,vmdkstream}
+ops=${VDR_BENCH_OPS:-raw,compressed,qcow2c,vmdkstream,streamraw,sparseraw}
 threads=2
 
 for tool in qemu-img python3 numfmt; do
@@ -64,6 +68,23 @@ if [ ! -f "$cimg" ]; then
     qemu-img convert -c -W -O qcow2 "$img" "$cimg.part"
     mv "$cimg.part" "$cimg"
 fi
+
+simg=$out/disk-$size-stream.vmdk
+mimg=$out/disk-$size-sparse.vmdk
+case ",$ops," in *,streamraw,*)
+    if [ ! -f "$simg" ]; then
+        echo "bench: generating $simg (qemu-img convert -o subformat=streamOptimized)"
+        qemu-img convert -O vmdk -o subformat=streamOptimized "$img" "$simg.part"
+        mv "$simg.part" "$simg"
+    fi ;;
+esac
+case ",$ops," in *,sparseraw,*)
+    if [ ! -f "$mimg" ]; then
+        echo "bench: generating $mimg (qemu-img convert -o subformat=monolithicSparse)"
+        qemu-img convert -O vmdk -o subformat=monolithicSparse "$img" "$mimg.part"
+        mv "$mimg.part" "$mimg"
+    fi ;;
+esac
 
 if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
     cache=cold
@@ -149,6 +170,15 @@ case ",$ops," in *,vmdkstream,*)
     bench_op "qcow2 -> vmdk stream, 2 thr" "<= 0.50x qemu-img" 0.50 "$img" vmdk \
         -O vmdk --subformat streamOptimized --threads "$threads" \
         -- -O vmdk -o subformat=streamOptimized -- -W -O vmdk -o subformat=streamOptimized ;;
+esac
+
+case ",$ops," in *,streamraw,*)
+    bench_op "vmdk stream -> raw, 2 thr" "<= 0.60x qemu-img" 0.60 "$simg" raw \
+        -O raw --threads "$threads" -- -O raw -- -W -O raw ;;
+esac
+case ",$ops," in *,sparseraw,*)
+    bench_op "vmdk sparse -> raw" "<= 1.00x qemu-img" 1.00 "$mimg" raw \
+        -O raw -- -O raw -- -C -O raw ;;
 esac
 
 echo
