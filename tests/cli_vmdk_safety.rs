@@ -6,21 +6,22 @@ mod cli_support;
 use cli_support::{fingerprint, have_qemu_img, qemu_img, vdr};
 use predicates::prelude::*;
 
-#[test]
-fn converting_over_a_flat_extent_is_refused_even_with_force() {
-    if !have_qemu_img("converting_over_a_flat_extent_is_refused_even_with_force") {
+/// Makes a `subformat` VMDK with qemu-img, then asks vdr to convert it over its extent
+/// file `extent_name` with --force: refused, and neither file changes.
+fn converting_over_an_extent_is_refused(test: &str, subformat: &str, extent_name: &str) {
+    if !have_qemu_img(test) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let descriptor = dir.path().join("disk.vmdk");
-    let extent = dir.path().join("disk-flat.vmdk");
+    let extent = dir.path().join(extent_name);
     qemu_img(&[
         "create",
         "-q",
         "-f",
         "vmdk",
         "-o",
-        "subformat=monolithicFlat",
+        &format!("subformat={subformat}"),
         descriptor.to_str().expect("utf-8 path"),
         "1M",
     ]);
@@ -39,35 +40,21 @@ fn converting_over_a_flat_extent_is_refused_even_with_force() {
 }
 
 #[test]
+fn converting_over_a_flat_extent_is_refused_even_with_force() {
+    converting_over_an_extent_is_refused(
+        "converting_over_a_flat_extent_is_refused_even_with_force",
+        "monolithicFlat",
+        "disk-flat.vmdk",
+    );
+}
+
+#[test]
 fn converting_over_a_split_extent_is_refused_even_with_force() {
-    if !have_qemu_img("converting_over_a_split_extent_is_refused_even_with_force") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let descriptor = dir.path().join("split.vmdk");
-    let extent = dir.path().join("split-s001.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=twoGbMaxExtentSparse",
-        descriptor.to_str().expect("utf-8 path"),
-        "1M",
-    ]);
-    let before = fingerprint(&[&descriptor, &extent]);
-
-    vdr()
-        .arg("convert")
-        .arg(&descriptor)
-        .arg(&extent)
-        .arg("--force")
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("input"));
-
-    assert_eq!(fingerprint(&[&descriptor, &extent]), before);
+    converting_over_an_extent_is_refused(
+        "converting_over_a_split_extent_is_refused_even_with_force",
+        "twoGbMaxExtentSparse",
+        "disk-s001.vmdk",
+    );
 }
 
 #[test]
