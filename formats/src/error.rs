@@ -59,6 +59,9 @@ pub enum Error {
     #[error(transparent)]
     Vmdk(#[from] crate::vmdk::Error),
 
+    #[error(transparent)]
+    Vmfs(#[from] crate::vmfs::Error),
+
     #[error("{child}: parentCID {expected} does not match the CID {found} of its parent {parent}: the parent changed after the child was made (salvage mode reads on with a finding)")]
     CidMismatch {
         child: String,

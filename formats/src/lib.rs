@@ -18,6 +18,7 @@ pub mod qcow2;
 pub mod raw;
 pub mod source;
 pub mod vmdk;
+pub mod vmfs;
 pub mod write;
 
 pub use chain::{Chain, FileParentResolver, ParentResolver, DEFAULT_MAX_DEPTH};
