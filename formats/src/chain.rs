@@ -11,7 +11,7 @@ use crate::disk::{
 };
 use crate::error::Error;
 use crate::open::{open_layer, OpenOptions};
-use crate::source::{FileSource, SourceRef};
+use crate::source::SourceRef;
 
 /// Default limit on the number of layers in a chain.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
@@ -79,23 +79,19 @@ impl ParentResolver for FileParentResolver {
             looked_for: path.display().to_string(),
             source: Box::new(source),
         };
-        let file = FileSource::open(&path).map_err(|e| {
+        let file = self.options.open_named(&path).map_err(|e| {
             missing(Error::Open {
                 path: path.display().to_string(),
                 source: e,
             })
         })?;
-        let identity = std::fs::canonicalize(&path)
-            .unwrap_or_else(|_| path.clone())
-            .display()
-            .to_string();
+        let identity = self.options.identity_of(&path);
         let mut options = self.options.clone();
         options.format = parent
             .format
             .as_deref()
             .and_then(crate::detect::Format::from_name);
-        let source: SourceRef = Arc::new(file);
-        let layer = open_layer(source, &options)?;
+        let layer = open_layer(file, &options)?;
         Ok((layer, identity))
     }
 

@@ -9,7 +9,7 @@ use crate::disk::{ParseMode, VirtualDisk};
 use crate::error::Error;
 use crate::qcow2::Qcow2Disk;
 use crate::raw::RawDisk;
-use crate::source::{FileSource, SourceRef};
+use crate::source::{FileSource, FileSystem, FileSystemRef, HostFileSystem, SourceRef};
 
 /// How to open an image.
 #[derive(Clone, Debug)]
@@ -26,6 +26,26 @@ pub struct OpenOptions {
     /// Let a VMDK descriptor name extents outside its own directory (absolute paths or
     /// `..`); refused by default so a crafted descriptor cannot make vdr read other files.
     pub allow_escaping_extents: bool,
+    /// Where named files (extents, parents, data files) are opened; None = the host.
+    pub file_system: Option<FileSystemRef>,
+}
+
+impl OpenOptions {
+    /// Opens a file the image names, in the file system the image lives in.
+    pub fn open_named(&self, path: &Path) -> std::io::Result<SourceRef> {
+        match &self.file_system {
+            Some(fs) => fs.0.open(path),
+            None => HostFileSystem.open(path),
+        }
+    }
+
+    /// The identity of a named file, for cycle detection.
+    pub fn identity_of(&self, path: &Path) -> String {
+        match &self.file_system {
+            Some(fs) => fs.0.identity(path),
+            None => HostFileSystem.identity(path),
+        }
+    }
 }
 
 impl Default for OpenOptions {
@@ -37,6 +57,7 @@ impl Default for OpenOptions {
             format: None,
             follow_backing: true,
             allow_escaping_extents: false,
+            file_system: None,
         }
     }
 }

@@ -9,6 +9,43 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Where the files an image names live (VMDK extents, backing files, qcow2 data files):
+/// the host file system by default, or a VMFS volume when the image was opened inside
+/// one (`DATASTORE::/vm/disk.vmdk`).
+pub trait FileSystem: Send + Sync {
+    /// Opens `path` read-only.
+    fn open(&self, path: &Path) -> io::Result<SourceRef>;
+
+    /// A stable name for `path` (a canonical path), used to detect chain cycles.
+    fn identity(&self, path: &Path) -> String;
+}
+
+/// The host file system.
+pub struct HostFileSystem;
+
+impl FileSystem for HostFileSystem {
+    fn open(&self, path: &Path) -> io::Result<SourceRef> {
+        Ok(Arc::new(FileSource::open(path)?))
+    }
+
+    fn identity(&self, path: &Path) -> String {
+        std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string()
+    }
+}
+
+/// A shared [`FileSystem`], printable in option structs.
+#[derive(Clone)]
+pub struct FileSystemRef(pub Arc<dyn FileSystem>);
+
+impl std::fmt::Debug for FileSystemRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileSystem")
+    }
+}
+
 /// Read-only positional byte access. Implementations must be safe to share across threads.
 pub trait Source: Send + Sync {
     /// Length in bytes.

@@ -4,11 +4,11 @@
 //! the spec's limits before it is allocated.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::disk::{DiskInfo, Finding, ParentRef, ParseMode, Severity};
 use crate::open::OpenOptions;
-use crate::source::{FileSource, Source, SourceRef};
+use crate::source::{Source, SourceRef};
 
 use super::extensions::{self, extension_name};
 use super::header::{incompatible, Header, RawHeader, MAX_L1_BYTES, OFFSET_MASK, RAW_HEADER_LEN};
@@ -114,7 +114,7 @@ impl Qcow2Disk {
                 format: ext.backing_format.clone(),
             }
         });
-        let data = open_data_file(&source, &header, &ext)?;
+        let data = open_data_file(&source, &header, &ext, options)?;
         for (bit, what) in [
             (
                 incompatible::DIRTY,
@@ -477,6 +477,7 @@ fn open_data_file(
     source: &SourceRef,
     header: &Header,
     ext: &extensions::Extensions,
+    options: &OpenOptions,
 ) -> Result<SourceRef, Error> {
     if !header.has_data_file() {
         return Ok(source.clone());
@@ -495,11 +496,10 @@ fn open_data_file(
         (false, Some(dir)) => dir.join(relative),
         _ => relative.to_path_buf(),
     };
-    let data = FileSource::open(&path).map_err(|e| Error::DataFile {
+    options.open_named(&path).map_err(|e| Error::DataFile {
         file,
         name: name.clone(),
         path: path.display().to_string(),
         source: e,
-    })?;
-    Ok(Arc::new(data))
+    })
 }

@@ -10,7 +10,7 @@ use crate::detect::{detect_format, Format};
 use crate::disk::{ParentRef, ParseMode, Severity};
 use crate::error::Error as CrateError;
 use crate::open::OpenOptions;
-use crate::source::{FileSource, SourceRef};
+use crate::source::SourceRef;
 
 use super::descriptor::{Access, Descriptor, ExtentLine, ExtentType, MAX_DESCRIPTOR_BYTES};
 use super::{cowd, sesparse, sparse, DiskExtent, Error, ExtentData, Log, SparseData, VmdkDisk};
@@ -333,8 +333,8 @@ fn open_extent(
     }
     let path = resolve(file, dir, descriptor, line, options)?;
     let name = line.file.clone().unwrap_or_default();
-    let extent: SourceRef = match FileSource::open(&path) {
-        Ok(opened) => Arc::new(opened),
+    let extent: SourceRef = match options.open_named(&path) {
+        Ok(opened) => opened,
         // Salvage reads the other extents and reports this one's range as unreadable.
         Err(e) if options.mode == ParseMode::Salvage => {
             let what = format!(

@@ -38,7 +38,7 @@ pub use lvm::{DeviceHeader, LogicalVolume, PhysicalExtent};
 pub use volume::{Device, Located, Volume, ROOT_FD, SYSTEM_FILES};
 
 use crate::disk::{Finding, ParseMode, Severity};
-use crate::source::{Source, SourceRef};
+use crate::source::{FileSystem, Source, SourceRef};
 
 /// True when `src` looks like a VMFS device: a partition table naming a VMFS partition,
 /// or an LVM header at 1 MiB. (No scan: detection must stay cheap.)
@@ -401,6 +401,35 @@ impl Volume {
             })
             .collect()
     }
+}
+
+/// The files of a volume as a [`FileSystem`]: a VMDK opened inside the datastore finds
+/// its extents and parents there.
+pub struct VolumeFileSystem(pub Arc<Volume>);
+
+impl FileSystem for VolumeFileSystem {
+    fn open(&self, path: &std::path::Path) -> std::io::Result<SourceRef> {
+        let p = path.to_str().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8")
+        })?;
+        match self.0.open_file(p) {
+            Ok(f) => Ok(Arc::new(f)),
+            Err(e @ Error::NotFound { .. }) => {
+                Err(std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))
+            }
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+
+    fn identity(&self, path: &std::path::Path) -> String {
+        format!("{}::{}", self.0.name(), normalise(&path.to_string_lossy()))
+    }
+}
+
+/// Splits `DATASTORE::/path/in/volume` into the datastore and the path inside it.
+pub fn split_datastore_path(arg: &str) -> Option<(&str, &str)> {
+    let (ds, path) = arg.split_once("::")?;
+    (!ds.is_empty()).then_some((ds, if path.is_empty() { "/" } else { path }))
 }
 
 fn normalise(path: &str) -> String {
