@@ -28,7 +28,7 @@ pub use disk::{
     VirtualDisk,
 };
 pub use error::Error;
-pub use open::{open_disk, open_image, OpenOptions};
+pub use open::{open_disk, open_image, open_layer, OpenOptions};
 pub use source::{FileSource, MmapSource, SliceSource, Source, SourceRef};
 pub use write::{
     convert, flat_extent_path, Compression, ConvertOptions, ConvertReport, OutputFormat,

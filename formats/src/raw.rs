@@ -4,9 +4,9 @@
 
 use std::os::fd::AsRawFd;
 
-use crate::disk::{check_range, clip_end, DiskInfo, Extent, ExtentKind, VirtualDisk};
+use crate::disk::{check_range, clip_end, push_merged, DiskInfo, Extent, ExtentKind, VirtualDisk};
 use crate::error::Error;
-use crate::source::SourceRef;
+use crate::source::{SourceRef, SourceRun};
 
 /// A raw disk image.
 pub struct RawDisk {
@@ -54,7 +54,35 @@ impl VirtualDisk for RawDisk {
             return Ok(out);
         }
         let Some(file) = self.source.as_file() else {
-            out.push(self.data(offset, end - offset));
+            let Some(runs) = self.source.layout(offset, end - offset) else {
+                out.push(self.data(offset, end - offset));
+                return Ok(out);
+            };
+            let mut pos = offset;
+            for run in runs {
+                let (len, kind) = match run {
+                    SourceRun::Data(len) => (len, self.data(pos, len).kind),
+                    SourceRun::Zero(len) => (len, ExtentKind::Zero),
+                    SourceRun::Unreadable(len, reason) => (len, ExtentKind::Unreadable { reason }),
+                };
+                let len = len.min(end - pos);
+                if len == 0 {
+                    break;
+                }
+                push_merged(
+                    &mut out,
+                    Extent {
+                        offset: pos,
+                        len,
+                        kind,
+                        depth: 0,
+                    },
+                );
+                pos += len;
+            }
+            if pos < end {
+                out.push(self.data(pos, end - pos));
+            }
             return Ok(out);
         };
         let fd = file.as_raw_fd();

@@ -46,6 +46,17 @@ impl std::fmt::Debug for FileSystemRef {
     }
 }
 
+/// One run of [`Source::layout`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceRun {
+    /// Stored bytes.
+    Data(u64),
+    /// Reads as zeros without being stored (a hole, a to-be-zeroed block).
+    Zero(u64),
+    /// Cannot be read, and why.
+    Unreadable(u64, String),
+}
+
 /// Read-only positional byte access. Implementations must be safe to share across threads.
 pub trait Source: Send + Sync {
     /// Length in bytes.
@@ -70,6 +81,13 @@ pub trait Source: Send + Sync {
     /// The path the source was opened from, when it is a file: used to resolve names that
     /// the image records relative to itself (backing files, external data files).
     fn path(&self) -> Option<&Path> {
+        None
+    }
+
+    /// How `len` bytes from `offset` are stored, when the source knows more than "all
+    /// data" (a thin or damaged file inside a VMFS volume): consecutive runs covering the
+    /// range. None means plain data throughout (or, for a host file, ask the kernel).
+    fn layout(&self, _offset: u64, _len: u64) -> Option<Vec<SourceRun>> {
         None
     }
 

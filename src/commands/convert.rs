@@ -155,8 +155,12 @@ struct InputFiles {
 
 impl InputFiles {
     fn of(named: &Path, chain: &Chain) -> InputFiles {
-        let mut paths = vec![named.to_path_buf()];
-        paths.extend(chain.files());
+        // A disk opened inside a datastore (`DATASTORE::/path`) is protected through the
+        // datastore's own file; its chain's files are paths inside the volume.
+        let mut paths = vec![super::host_file(named)];
+        if !super::is_datastore_path(named) {
+            paths.extend(chain.files());
+        }
         let mut inputs = InputFiles {
             identities: Vec::new(),
             canonical: Vec::new(),

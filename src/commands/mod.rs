@@ -7,10 +7,13 @@ mod convert;
 mod info;
 mod map;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use vdr_formats::{open_disk, Chain, OpenOptions, ParseMode};
+use anyhow::{bail, Context, Result};
+use vdr_formats::source::{FileSource, FileSystemRef, SourceRef};
+use vdr_formats::vmfs::{self, VolumeFileSystem};
+use vdr_formats::{open_disk, open_layer, Chain, FileParentResolver, OpenOptions, ParseMode};
 
 use crate::cli::Command;
 
@@ -67,7 +70,10 @@ pub fn open(path: &Path, request: &OpenRequest) -> Result<Chain> {
         allow_escaping_extents: request.allow_escaping_extents,
         ..OpenOptions::default()
     };
-    let chain = open_disk(path, &options)?;
+    let chain = match datastore_path(path) {
+        Some((datastore, inside)) => open_in_datastore(&datastore, &inside, options)?,
+        None => open_disk(path, &options)?,
+    };
     if let Some(snapshot) = &request.snapshot {
         // Formats without internal snapshots ignore the option; asking for one there is a
         // mistake worth stopping on rather than silently reading the current state.
@@ -81,4 +87,44 @@ pub fn open(path: &Path, request: &OpenRequest) -> Result<Chain> {
         }
     }
     Ok(chain)
+}
+
+/// `DATASTORE::/path/in/volume`, when `path` has that form and is not itself a file.
+fn datastore_path(path: &Path) -> Option<(PathBuf, String)> {
+    let text = path.to_str()?;
+    let (datastore, inside) = vmfs::split_datastore_path(text)?;
+    (!path.exists()).then(|| (PathBuf::from(datastore), inside.to_string()))
+}
+
+/// True when `path` names a file inside a datastore.
+pub fn is_datastore_path(path: &Path) -> bool {
+    datastore_path(path).is_some()
+}
+
+/// The host file behind `path`: the datastore for `DATASTORE::/path`, else `path`.
+pub fn host_file(path: &Path) -> PathBuf {
+    datastore_path(path).map_or_else(|| path.to_path_buf(), |(d, _)| d)
+}
+
+/// Opens the disk at `inside` a VMFS datastore without copying it out: its extents and
+/// snapshot parents are looked up in the same volume.
+fn open_in_datastore(datastore: &Path, inside: &str, mut options: OpenOptions) -> Result<Chain> {
+    let device: SourceRef = Arc::new(
+        FileSource::open(datastore)
+            .with_context(|| format!("{}: cannot open", datastore.display()))?,
+    );
+    let volume = vmfs::open(&[device], options.mode)?;
+    let file = Arc::new(volume.open_file(inside)?);
+    options.file_system = Some(FileSystemRef(Arc::new(VolumeFileSystem(volume.clone()))));
+    let leaf = open_layer(file, &options)?;
+    if !options.follow_backing {
+        return Ok(Chain::single(leaf));
+    }
+    let identity = format!("{}::{}", volume.name(), inside);
+    Ok(Chain::build(
+        leaf,
+        Some(identity),
+        &FileParentResolver::new(&options),
+        options.max_depth,
+    )?)
 }

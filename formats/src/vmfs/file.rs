@@ -19,7 +19,7 @@ use super::fd::{
 use super::volume::Volume;
 use super::Error;
 use crate::disk::Severity;
-use crate::source::Source;
+use crate::source::{Source, SourceRun};
 
 /// How deep resource lookups may nest (a file mapped through a system file mapped
 /// through another); more means a damaged, self-referencing map.
@@ -424,5 +424,19 @@ impl Source for VmfsFile {
 
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+
+    fn layout(&self, offset: u64, len: u64) -> Option<Vec<SourceRun>> {
+        let pieces = self.map(offset, len).ok()?;
+        Some(
+            pieces
+                .into_iter()
+                .map(|p| match p.kind {
+                    PieceKind::Data(_) => SourceRun::Data(p.len),
+                    PieceKind::Zero { .. } => SourceRun::Zero(p.len),
+                    PieceKind::Unreadable(why) => SourceRun::Unreadable(p.len, why),
+                })
+                .collect(),
+        )
     }
 }
