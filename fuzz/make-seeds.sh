@@ -6,6 +6,7 @@
 #                    grains), streamOptimized, the -s001 extent of twoGbMaxExtentSparse
 #   vmdk_cowd        the fixture builders (fixtures/examples/vmdk_seeds.rs): COWD extents
 #   vmdk_sesparse    the fixture builders: seSparse extents
+#   vmfs             sparse-image records of VMFS volumes (corpus samples, fixture builder)
 #   vmdk_descriptor  text descriptors of every subformat (qemu-img and the fixture
 #                    builders) and the descriptors embedded in qemu's sparse extents
 # Images are written twice, prefixed with a mode byte (0 = salvage, 1 = strict), as the
@@ -104,6 +105,29 @@ vmdk_sparse_seeds() {
     both_modes vm/mono*.vmdk vm/child.vmdk vm/stream*.vmdk vm/split-s001.vmdk
 }
 
+# VMFS volumes as sparse-image records (fuzz/vmfs-seed.py): the real ESXi-made samples
+# from ../shared/corpus/vmfs when present, and the fixture builder's synthetic volumes.
+vmfs_seeds() {
+    local corpus=$here/../../shared/corpus/vmfs
+    mkdir -p vmfs
+    for gz in "$corpus"/*.gz; do
+        [ -f "$gz" ] || continue
+        gunzip -c "$gz" | cp --sparse=always /dev/stdin vmfs/img
+        for mode in 0 1; do
+            "$here/vmfs-seed.py" vmfs/img $mode "$out/$(basename "$gz" .gz)-$mode"
+        done
+        rm -f vmfs/img
+    done
+    if (cd "$here/.." && cargo run -q --release -p vdr-fixtures --example vmfs_seeds -- "$work/vmfs") 2>/dev/null; then
+        for img in vmfs/*.img; do
+            for mode in 0 1; do
+                "$here/vmfs-seed.py" "$img" $mode "$out/$(basename "$img" .img)-$mode"
+            done
+        done
+    fi
+    ls "$out" | grep -q . || { echo "make-seeds: no VMFS images found" >&2; exit 2; }
+}
+
 vmdk_cowd_seeds() {
     fixture_seeds
     both_modes fx/*-delta.vmdk
@@ -135,6 +159,7 @@ case "$target" in
     vmdk_cowd) vmdk_cowd_seeds ;;
     vmdk_sesparse) vmdk_sesparse_seeds ;;
     vmdk_descriptor) vmdk_descriptor_seeds ;;
+    vmfs) vmfs_seeds ;;
     *) echo "make-seeds: unknown target $target" >&2; exit 2 ;;
 esac
 echo "make-seeds: $(ls "$out" | wc -l) seeds in $out ($(du -sh "$out" | cut -f1))"

@@ -276,7 +276,7 @@ impl LogicalVolume {
             }
             let length = length.min(size - logical);
             match runs.last_mut() {
-                Some(r) if matches!(r.target, Some((d, a)) if d == dev && a + r.length == at) => {
+                Some(r) if matches!(r.target, Some((d, a)) if d == dev && a.checked_add(r.length) == Some(at)) => {
                     r.length += length
                 }
                 _ => runs.push(Run {
@@ -340,7 +340,7 @@ impl LogicalVolume {
         let into = at - r.logical;
         let target = r
             .target
-            .and_then(|(d, base)| self.devices.get(d).map(|s| (s, base + into)));
+            .and_then(|(d, base)| Some((self.devices.get(d)?, base.checked_add(into)?)));
         Some((target, r.length - into))
     }
 }

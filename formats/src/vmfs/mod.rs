@@ -83,7 +83,7 @@ pub fn open(devices: &[SourceRef], mode: ParseMode) -> Result<Arc<Volume>, Error
                 Err(e) if mode == ParseMode::Salvage => {
                     findings.push(finding(
                         dev.name(),
-                        c.partition_offset + lvm::DEVICE_HEADER_OFFSET,
+                        c.partition_offset.saturating_add(lvm::DEVICE_HEADER_OFFSET),
                         "LVM device header",
                         Severity::Error,
                         format!(
@@ -194,9 +194,9 @@ pub fn open(devices: &[SourceRef], mode: ParseMode) -> Result<Arc<Volume>, Error
                         .filter(|d| *d != 0)
                         .unwrap_or(lvm::DEFAULT_DATA_OFFSET);
                 if m.2.is_some() {
-                    findings.push(finding(m.0.name(), m.1.partition_offset + lvm::DEVICE_HEADER_OFFSET, "LVM PE table", Severity::Warning, format!("no physical extents recorded; reading the LV linearly from partition + {data:#x}")));
+                    findings.push(finding(m.0.name(), m.1.partition_offset.saturating_add(lvm::DEVICE_HEADER_OFFSET), "LVM PE table", Severity::Warning, format!("no physical extents recorded; reading the LV linearly from partition + {data:#x}")));
                 }
-                m.1.partition_offset + data
+                m.1.partition_offset.saturating_add(data)
             };
             let size =
                 m.2.as_ref()

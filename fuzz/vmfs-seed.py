@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Turns a VMFS image into a seed of the `vmfs` fuzz target: a mode byte, then one
+`u32 offset, u16 length, bytes` record per non-zero run (zero gaps under 16 bytes kept
+inside a run) of the image's first 1 GiB.
+
+usage: vmfs-seed.py IMAGE MODE_BYTE OUT"""
+import re
+import struct
+import sys
+
+LIMIT = 1 << 30
+image, mode, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parts = [bytes([mode])]
+with open(image, "rb") as f:
+    at = 0
+    while at < LIMIT:
+        chunk = f.read(1 << 24)
+        if not chunk:
+            break
+        for m in re.finditer(rb"[^\0](?:[^\0]|\0{1,15}(?=[^\0]))*", chunk):
+            run = m.group()
+            for i in range(0, len(run), 0xFFFF):
+                piece = run[i : i + 0xFFFF]
+                parts.append(struct.pack("<IH", at + m.start() + i, len(piece)) + piece)
+        at += len(chunk)
+with open(out, "wb") as f:
+    f.write(b"".join(parts))
