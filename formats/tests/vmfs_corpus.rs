@@ -176,3 +176,97 @@ fn thin_and_to_be_zeroed_blocks_map_as_zeros() {
         assert_eq!(map[1].len, 199 << 20);
     }
 }
+
+/// Copies corpus image `name` to a writable temp file and zeroes `len` bytes at `at`.
+fn damaged_copy(corpus: &Path, name: &str, dir: &Path, at: u64, len: usize) -> SourceRef {
+    use std::os::unix::fs::FileExt;
+    let image = dir.join(name);
+    expand(
+        &corpus.join(format!(
+            "{name}{}",
+            if name == "vmfs3" {
+                ".img.gz"
+            } else {
+                ".bin.gz"
+            }
+        )),
+        &image,
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.write_all_at(&vec![0u8; len], at).unwrap();
+    Arc::new(FileSource::open(&image).unwrap())
+}
+
+/// Every sample's LV starts at 0x1100000; the FS descriptor is 2 MiB into it.
+const FS_DESCRIPTOR: u64 = 0x110_0000 + 0x20_0000;
+
+#[test]
+fn zeroed_fs_descriptor_is_refused_in_strict_mode_and_rebuilt_in_salvage() {
+    let Some(c) = corpus() else { return };
+    for name in ["vmfs3", "vmfs5", "vmfs6"] {
+        let dir = tempfile::tempdir().unwrap();
+        let good: SourceRef = {
+            let image = dir.path().join("good");
+            expand(
+                &c.join(format!(
+                    "{name}{}",
+                    if name == "vmfs3" {
+                        ".img.gz"
+                    } else {
+                        ".bin.gz"
+                    }
+                )),
+                &image,
+            );
+            Arc::new(FileSource::open(&image).unwrap())
+        };
+        let bad = damaged_copy(&c, name, dir.path(), FS_DESCRIPTOR, 512);
+
+        let err = vmfs::open(&[bad.clone()], ParseMode::Strict)
+            .err()
+            .expect("strict refuses");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("FS descriptor") && msg.contains("0x200000"),
+            "{name}: {msg}"
+        );
+
+        let salvaged = vmfs::open(&[bad], ParseMode::Salvage).unwrap();
+        assert!(
+            salvaged
+                .findings()
+                .iter()
+                .any(|f| f.structure == "FS descriptor"),
+            "{name}: the rebuild is reported"
+        );
+        let reference = vmfs::open(&[good], ParseMode::Strict).unwrap();
+        assert_eq!(salvaged.fs().block_size, reference.fs().block_size);
+        assert_eq!(
+            salvaged.fs().sub_block_size,
+            reference.fs().sub_block_size,
+            "{name}"
+        );
+        let tree = |v: &vmfs::Volume| -> Vec<(String, u64)> {
+            v.walk("/")
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.path, e.fd.length))
+                .collect()
+        };
+        assert_eq!(tree(&salvaged), tree(&reference), "{name}: same tree");
+        for (path, len) in tree(&reference) {
+            // .vh.sf holds the descriptor itself: it differs where the damage is.
+            if path == "/.vh.sf" || len > (16 << 20) || reference.lookup(&path).unwrap().is_dir() {
+                continue;
+            }
+            assert_eq!(
+                sha256_of(&salvaged.open_file(&path).unwrap()),
+                sha256_of(&reference.open_file(&path).unwrap()),
+                "{name}:{path}"
+            );
+        }
+    }
+}

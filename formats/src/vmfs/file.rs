@@ -44,7 +44,7 @@ pub struct Piece {
 }
 
 impl Volume {
-    fn pointers_per_block(&self) -> u64 {
+    pub(super) fn pointers_per_block(&self) -> u64 {
         if self.fs.is_vmfs6() {
             if self.fs.md_block < 0x1_0000 {
                 8192

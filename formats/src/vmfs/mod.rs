@@ -21,6 +21,7 @@ mod file;
 mod fs;
 mod lvm;
 mod resource;
+mod salvage;
 mod volume;
 
 use std::collections::HashSet;

@@ -71,6 +71,8 @@ pub(super) struct Resources {
     pub pb2: OnceLock<ResourceFile>,
     /// VMFS3/5: the file-block bitmap; VMFS6: the SFB level (child of the LFB level).
     pub fbb: OnceLock<ResourceFile>,
+    /// Salvage: `.fdc.sf`'s FD is gone; its resources are read linearly from here.
+    pub fdc_linear: OnceLock<u64>,
 }
 
 /// An opened VMFS volume.
@@ -94,8 +96,23 @@ impl Volume {
         mode: ParseMode,
         findings: Vec<Finding>,
     ) -> Result<Volume, Error> {
-        let fs = FsInfo::read(lv.as_ref())?;
-        let vol = Volume {
+        let lvm = devices.first().and_then(|d| d.header.clone());
+        let (fs, inferred) = match FsInfo::read(lv.as_ref()) {
+            Ok(fs) => (fs, None),
+            Err(e) if mode == ParseMode::Salvage => {
+                let Ok((mut fs, how)) =
+                    super::salvage::infer_fs(lv.as_ref(), lvm.as_ref().map(|h| h.major))
+                else {
+                    return Err(e);
+                };
+                if let Some(v) = lvm.as_ref().and_then(|h| h.volume.as_ref()) {
+                    fs.lv_uuid = v.lv_uuid;
+                }
+                (fs, Some(format!("{e}; {how}")))
+            }
+            Err(e) => return Err(e),
+        };
+        let mut vol = Volume {
             name,
             lv,
             fs,
@@ -107,10 +124,19 @@ impl Volume {
                 pbc: OnceLock::new(),
                 pb2: OnceLock::new(),
                 fbb: OnceLock::new(),
+                fdc_linear: OnceLock::new(),
             },
             pb_cache: Mutex::new(HashMap::new()),
             findings: Mutex::new(findings),
         };
+        if let Some(how) = &inferred {
+            vol.finding(
+                Severity::Error,
+                "FS descriptor",
+                super::fs::FS_DESCRIPTOR_OFFSET,
+                how.clone(),
+            );
+        }
         if let Some(lvm_uuid) = vol
             .devices
             .first()
@@ -145,6 +171,26 @@ impl Volume {
                 }
                 Ok(None) => {}
                 Err(e) if needed && mode == ParseMode::Strict => return Err(e),
+                Err(e) if name == ".fdc.sf" => match vol.rebuilt_fdc() {
+                    Some((fdc, linear)) => {
+                        vol.finding(
+                            Severity::Error,
+                            name,
+                            fdc.fd.lv_offset,
+                            format!("{e}; the FD cluster layout was rebuilt from the FS descriptor ({} FDs per cluster, {} clusters per group)", fdc.header.resources_per_cluster, fdc.header.clusters_per_group),
+                        );
+                        let _ = vol.res.fdc.set(fdc);
+                        if let Some(base) = linear {
+                            let _ = vol.res.fdc_linear.set(base);
+                        }
+                    }
+                    None => vol.finding(
+                        Severity::Error,
+                        name,
+                        0,
+                        format!("cannot open the system file, nor rebuild it: {e}; only the system FDs can be read"),
+                    ),
+                },
                 Err(e) => vol.finding(
                     Severity::Error,
                     name,
@@ -152,6 +198,9 @@ impl Volume {
                     format!("cannot open the system file: {e}"),
                 ),
             }
+        }
+        if inferred.is_some() {
+            super::salvage::settle(&mut vol.fs, vol.res.sbc.get());
         }
         Ok(vol)
     }
@@ -212,7 +261,42 @@ impl Volume {
         self.lv
             .read_exact_at(&mut b, at)
             .map_err(|e| Error::io(&self.name, at, "file descriptor", e))?;
-        FileDescriptor::parse(&self.fs, &self.name, address, at, &b)
+        let mut fd = FileDescriptor::parse(&self.fs, &self.name, address, at, &b)?;
+        let most = self.mappable(&fd);
+        if fd.length > most {
+            let what = format!(
+                "FD {address:#x} claims {} bytes, but its address type ({}) maps at most {most}",
+                fd.length,
+                fd.zla_name()
+            );
+            if self.mode == ParseMode::Strict {
+                return Err(Error::bad(&self.name, at, "file descriptor", what));
+            }
+            self.finding(
+                Severity::Error,
+                "file descriptor",
+                at,
+                format!("{what}; the length is cut to {most}"),
+            );
+            fd.length = most;
+        }
+        Ok(fd)
+    }
+
+    /// The most bytes `fd`'s address type can map: a length beyond it is damage.
+    fn mappable(&self, fd: &FileDescriptor) -> u64 {
+        use super::fd::{ZLA_DOUBLE_INDIRECT, ZLA_POINTER_BLOCK, ZLA_POINTER_BLOCK2, ZLA_RESIDENT};
+        if fd.zla == ZLA_RESIDENT {
+            return fd.resident.len() as u64;
+        }
+        let entries = fd.blocks.len() as u64;
+        let ppb = self.pointers_per_block();
+        let slots = match fd.zla {
+            ZLA_POINTER_BLOCK | ZLA_POINTER_BLOCK2 => entries.saturating_mul(ppb),
+            ZLA_DOUBLE_INDIRECT => entries.saturating_mul(ppb).saturating_mul(ppb),
+            _ => entries,
+        };
+        slots.saturating_mul(1u64 << fd.block_shift)
     }
 
     /// Where the FD with `address` lies in the LV.
@@ -248,6 +332,9 @@ impl Volume {
                 ),
             )
         })?;
+        if let Some(base) = self.res.fdc_linear.get() {
+            return Ok(base + in_file);
+        }
         match self.locate(&fdc.fd, in_file, 1)? {
             super::file::Piece {
                 kind: super::file::PieceKind::Data(lv),
