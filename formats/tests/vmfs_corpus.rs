@@ -71,7 +71,7 @@ fn check_image(corpus: &Path, name: &str) {
         "{name}: corpus image expands to its recorded hash"
     );
 
-    let volume = vmfs::open(&[src.clone()], ParseMode::Strict).unwrap();
+    let volume = vmfs::open(std::slice::from_ref(&src), ParseMode::Strict).unwrap();
     let fs = volume.fs();
     assert_eq!(
         format!("{}.{}", fs.major, fs.minor),
@@ -225,7 +225,7 @@ fn zeroed_fs_descriptor_is_refused_in_strict_mode_and_rebuilt_in_salvage() {
         };
         let bad = damaged_copy(&c, name, dir.path(), FS_DESCRIPTOR, 512);
 
-        let err = vmfs::open(&[bad.clone()], ParseMode::Strict)
+        let err = vmfs::open(std::slice::from_ref(&bad), ParseMode::Strict)
             .err()
             .expect("strict refuses");
         let msg = err.to_string();
