@@ -71,8 +71,20 @@ impl ResourceHeader {
                 format!("signature {:#010x}, expected 'rfmd'", u32_at(b, 0x20)),
             ));
         }
-        // Zero counts are real: VMFS6's .pbc.sf is empty, and .fbb.sf has a bitmap but
-        // no resource data (resource size 0). Lookups in such files find nothing.
+        // Zero counts are real in some files: VMFS6's .pbc.sf is empty, and .fbb.sf has a
+        // bitmap but no resource data (resource size 0); lookups there find nothing. The
+        // FD and sub-block files always hold resources.
+        if matches!(name, ".fdc.sf" | ".sbc.sf")
+            && (h.resources_per_cluster == 0 || h.clusters_per_group == 0 || h.resource_size == 0)
+        {
+            return Err(bad(
+                0,
+                format!(
+                    "{} resources of {:#x} bytes per cluster, {} clusters per group: the header is blank or damaged",
+                    h.resources_per_cluster, h.resource_size, h.clusters_per_group
+                ),
+            ));
+        }
         if h.resources_per_cluster > 0x1_0000 {
             return Err(bad(
                 0,
