@@ -6,7 +6,6 @@
 //! results with findings in salvage mode.
 
 #[path = "../fixtures/tests/vmfs6_oracles/mod.rs"]
-#[allow(dead_code)]
 mod vmfs6_oracles;
 #[path = "../fixtures/tests/vmfs_oracles/mod.rs"]
 mod vmfs_oracles;
@@ -427,8 +426,7 @@ fn directory_loop(version: Version) {
     let strict = open(&b.img, ParseMode::Strict).unwrap();
     let err = strict
         .walk("/")
-        .err()
-        .expect("strict walk refuses")
+        .expect_err("strict walk refuses")
         .to_string();
     assert!(
         err.contains("directory loop") && err.contains("/vm/sub"),
@@ -452,8 +450,7 @@ fn impossible_size(version: Version) {
     let strict = open(&b.img, ParseMode::Strict).unwrap();
     let err = strict
         .lookup(path)
-        .err()
-        .expect("strict refuses the FD")
+        .expect_err("strict refuses the FD")
         .to_string();
     assert!(err.contains("maps at most"), "{err}");
     let salvage = open(&b.img, ParseMode::Salvage).unwrap();
