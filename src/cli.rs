@@ -30,6 +30,10 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Compare the content of two images, across formats and sizes.
     Compare(CompareArgs),
+    /// List the files of a VMFS datastore.
+    Ls(LsArgs),
+    /// Copy files, directories or the whole tree out of a VMFS datastore.
+    Extract(ExtractArgs),
 }
 
 /// Options shared by the commands that open one image.
@@ -61,6 +65,13 @@ pub struct InfoArgs {
     /// Open the named image alone, without its backing files.
     #[arg(long)]
     pub no_backing: bool,
+    /// Describe IMAGE as a VMFS datastore even when its first sectors do not say so
+    /// (the partition table is searched, then the first 4 GiB are scanned).
+    #[arg(long)]
+    pub vmfs: bool,
+    /// Another device of a spanned VMFS datastore (repeatable); implies --vmfs.
+    #[arg(long, value_name = "PATH")]
+    pub extent: Vec<PathBuf>,
 }
 
 /// `vdr map`.
@@ -183,6 +194,67 @@ pub struct CompareArgs {
     /// only has to read as zeros, as with `qemu-img compare`).
     #[arg(long)]
     pub strict_size: bool,
+}
+
+/// Options shared by the commands that open a VMFS datastore.
+#[derive(Debug, Args)]
+pub struct DatastoreArgs {
+    /// Another device of a spanned datastore (repeatable; any order).
+    #[arg(long, value_name = "PATH")]
+    pub extent: Vec<PathBuf>,
+    /// Open a damaged volume as far as possible and report each inconsistency as a
+    /// finding, instead of refusing it.
+    #[arg(long)]
+    pub salvage: bool,
+}
+
+/// `vdr ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The device or image holding the datastore (a disk with GPT/MBR, or a partition).
+    pub datastore: PathBuf,
+    /// The directory (or file) inside the datastore to list.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Long format: type, mode, size, allocated bytes, mtime, FD address, address type,
+    /// lock holder.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// List every entry under PATH, depth first.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Print a JSON array of entries (docs/CLI.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub datastore_args: DatastoreArgs,
+}
+
+/// `vdr extract`.
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The device or image holding the datastore.
+    pub datastore: PathBuf,
+    /// The file or directory inside the datastore to copy out.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub path: Option<String>,
+    /// Where to write it: a file, or for a directory the directory to hold its tree.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub out: Option<PathBuf>,
+    /// Copy the whole volume tree into OUT_DIR.
+    #[arg(long, value_name = "OUT_DIR")]
+    pub all: Option<PathBuf>,
+    /// Also write the VMFS system files (/.fbb.sf, /.fdc.sf, ..., /.sdd.sf).
+    #[arg(long)]
+    pub system_files: bool,
+    /// Replace existing output files (never an input, never a directory).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the extraction report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub datastore_args: DatastoreArgs,
 }
 
 /// Reports a usage error of `subcommand` the way clap does (message, usage line) and

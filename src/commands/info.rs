@@ -56,6 +56,9 @@ struct InfoReport {
 
 /// Runs `vdr info`.
 pub fn run(args: &InfoArgs) -> Result<Status> {
+    if super::datastore::info_wants_datastore(args) {
+        return super::datastore::run_info(args);
+    }
     let chain = open(
         &args.image,
         &OpenRequest {

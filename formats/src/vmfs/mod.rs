@@ -414,9 +414,10 @@ impl FileSystem for VolumeFileSystem {
         })?;
         match self.0.open_file(p) {
             Ok(f) => Ok(Arc::new(f)),
-            Err(e @ Error::NotFound { .. }) => {
-                Err(std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))
-            }
+            Err(e @ Error::NotFound { .. }) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                e.to_string(),
+            )),
             Err(e) => Err(std::io::Error::other(e.to_string())),
         }
     }
