@@ -41,7 +41,24 @@ pub fn open_volume(datastore: &Path, extents: &[PathBuf], salvage: bool) -> Resu
     } else {
         ParseMode::Strict
     };
-    Ok(vmfs::open(&devices, mode)?)
+    let volume = vmfs::open(&devices, mode)?;
+    if mode == ParseMode::Strict {
+        // The reader leaves out a device of another volume with a warning; a device
+        // the user named that is not read is a mistake worth stopping on.
+        let used: Vec<&str> = volume.devices().iter().map(|d| d.file.as_str()).collect();
+        if let Some(stray) = devices.iter().find(|d| !used.contains(&d.name())) {
+            let why = volume
+                .findings()
+                .into_iter()
+                .find(|f| f.file == stray.name())
+                .map_or_else(|| "it is not part of the volume".to_string(), |f| f.what);
+            return Err(anyhow!(
+                "{}: not used: {why} (use --salvage to go on without it)",
+                stray.name()
+            ));
+        }
+    }
+    Ok(volume)
 }
 
 /// Whether `vdr info` should describe `args.image` as a datastore: asked for (`--vmfs`,

@@ -109,6 +109,7 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
         }]
     };
     check_outputs(&plan, &inputs, args.force)?;
+    let written_to = plan.first().map_or_else(|| out.clone(), |p| p.out.clone());
 
     let total: u64 = plan
         .iter()
@@ -159,7 +160,7 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
         print_line(&format!(
             "Extracted {}::{path} to {}: {} files ({}), {} directories, {} symlinks{}{}.",
             args.datastore.display(),
-            out.display(),
+            written_to.display(),
             report.files,
             binary_size(report.bytes),
             report.dirs,

@@ -1,0 +1,652 @@
+//! `vdr info`, `vdr ls` and `vdr extract` on the real VMFS3/5/6 images of
+//! ../shared/corpus/vmfs, against that corpus' oracle tables (EXPECTED.tsv: every entry's
+//! type, size and sha256 from vmfs-tools and dissect.vmfs; VOLUMES.tsv: the volumes'
+//! descriptors and block counts). Tests print a `SKIP:` line when the corpus is absent.
+//!
+//! The images are expanded (sparse) once into the target's test tmpdir and shared by the
+//! tests; each test proves they were not written (size, mtime and ctime unchanged), and
+//! one test compares the full sha256 before and after every command.
+
+mod cli_support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use cli_support::{sha256, vdr};
+use serde_json::Value;
+
+const IMAGES: [&str; 3] = ["vmfs3", "vmfs5", "vmfs6"];
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/vmfs")
+}
+
+/// The corpus directory, or None after printing a `SKIP:` line for `test`.
+fn corpus(test: &str) -> Option<PathBuf> {
+    let dir = corpus_dir();
+    if dir.join("VOLUMES.tsv").is_file() && dir.join("EXPECTED.tsv").is_file() {
+        Some(dir)
+    } else {
+        println!("SKIP: {test}: no VMFS corpus at {}", dir.display());
+        None
+    }
+}
+
+/// Rows of a corpus TSV file as column-name → value maps.
+fn tsv(name: &str) -> Vec<BTreeMap<String, String>> {
+    let text = fs::read_to_string(corpus_dir().join(name)).expect("read corpus table");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split('\t'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn volume(image: &str) -> BTreeMap<String, String> {
+    tsv("VOLUMES.tsv")
+        .into_iter()
+        .find(|r| r["image"] == image)
+        .expect("image in VOLUMES.tsv")
+}
+
+fn expected(image: &str) -> Vec<BTreeMap<String, String>> {
+    tsv("EXPECTED.tsv")
+        .into_iter()
+        .filter(|r| r["image"] == image)
+        .collect()
+}
+
+fn is_system(path: &str) -> bool {
+    path.starts_with("/.") && path.split('/').nth(1).is_some_and(|n| n.ends_with(".sf"))
+}
+
+static EXPAND: Mutex<()> = Mutex::new(());
+
+/// The expanded, read-only image (expanded once per target directory).
+fn image(name: &str) -> PathBuf {
+    let _one_at_a_time = EXPAND.lock().unwrap_or_else(|e| e.into_inner());
+    let row = volume(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vmfs-corpus");
+    fs::create_dir_all(&dir).expect("corpus cache dir");
+    let gz = &row["gz_file"];
+    let path = dir.join(gz.trim_end_matches(".gz"));
+    let bytes: u64 = row["image_bytes"].parse().expect("image_bytes");
+    if fs::metadata(&path).is_ok_and(|m| m.len() == bytes) {
+        return path;
+    }
+    let partial = dir.join(format!("{gz}.{}.partial", std::process::id()));
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; gunzip -c \"$1\" | cp --sparse=always /dev/stdin \"$2\"")
+        .arg("bash")
+        .arg(corpus_dir().join(gz))
+        .arg(&partial)
+        .status()
+        .expect("run gunzip");
+    assert!(status.success(), "expanding {gz} failed");
+    let mut perms = fs::metadata(&partial).expect("expanded").permissions();
+    perms.set_readonly(true);
+    fs::set_permissions(&partial, perms).expect("chmod");
+    fs::rename(&partial, &path).expect("rename expanded image");
+    path
+}
+
+/// Size, mtime and ctime: any write through any descriptor changes them.
+fn stamp(path: &Path) -> (u64, i64, i64, i64, i64) {
+    let m = fs::metadata(path).expect("image metadata");
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+fn json(args: &[&std::ffi::OsStr]) -> Value {
+    let out = vdr().args(args).output().expect("run vdr");
+    assert!(
+        out.status.success(),
+        "vdr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json output is JSON")
+}
+
+fn os<T: AsRef<std::ffi::OsStr> + ?Sized>(s: &T) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+#[test]
+fn ls_json_lists_the_expected_entries_of_each_corpus_image() {
+    if corpus("ls_json").is_none() {
+        return;
+    }
+    for name in IMAGES {
+        let img = image(name);
+        let before = stamp(&img);
+
+        let listing = json(&[os("ls"), img.as_os_str(), os("-R"), os("--json")]);
+
+        let entries = listing.as_array().expect("an array");
+        let listed: BTreeMap<&str, &Value> = entries
+            .iter()
+            .map(|e| (e["path"].as_str().expect("path"), e))
+            .collect();
+        let expected = expected(name);
+        assert_eq!(listed.len(), expected.len(), "{name}: {listing}");
+        for row in &expected {
+            let path = row["path"].as_str();
+            let entry = listed
+                .get(path)
+                .unwrap_or_else(|| panic!("{name}: {path} not listed"));
+            assert_eq!(entry["system"], is_system(path), "{name}: {path}");
+            if row["type"] != "file" || !is_system(path) {
+                assert_eq!(entry["type"], row["type"].as_str(), "{name}: {path}");
+            } else {
+                assert_eq!(entry["type"], "sysfile", "{name}: {path}");
+            }
+            if row["type"] != "dir" {
+                assert_eq!(entry["size"], row["size"].parse::<u64>().expect("size"));
+            }
+            if row["type"] == "symlink" {
+                assert_eq!(entry["target"], row["sha256"].as_str(), "{name}: {path}");
+            }
+            assert!(entry["fd_address"].as_u64().is_some_and(|a| a != 0));
+            assert!(entry.get("locked_by").is_some_and(Value::is_null));
+        }
+        assert_eq!(stamp(&img), before, "{name} was written");
+    }
+}
+
+#[test]
+fn ls_without_recursion_lists_one_directory_by_name() {
+    if corpus("ls_names").is_none() {
+        return;
+    }
+    let img = image("vmfs6");
+
+    let out = vdr()
+        .arg("ls")
+        .arg(&img)
+        .arg("/directory")
+        .output()
+        .expect("run");
+
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        names,
+        ["file1", "file2", "file3", "file4", "file5", "symlink"]
+    );
+}
+
+#[test]
+fn extract_all_writes_the_expected_tree_of_each_corpus_image() {
+    if corpus("extract_all").is_none() {
+        return;
+    }
+    for name in IMAGES {
+        let img = image(name);
+        let before = stamp(&img);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+
+        let report = json(&[
+            os("extract"),
+            img.as_os_str(),
+            os("--all"),
+            out.as_os_str(),
+            os("--json"),
+        ]);
+
+        let mut wanted = 0;
+        for row in expected(name) {
+            let path = &row["path"];
+            let target = out.join(path.trim_start_matches('/'));
+            if is_system(path) {
+                assert!(
+                    fs::symlink_metadata(&target).is_err(),
+                    "{name}: system file {path} written without --system-files"
+                );
+                continue;
+            }
+            wanted += 1;
+            let meta = fs::symlink_metadata(&target).expect("extracted entry");
+            match row["type"].as_str() {
+                "file" => {
+                    assert!(meta.is_file(), "{name}: {path}");
+                    assert_eq!(meta.len().to_string(), row["size"], "{name}: {path}");
+                    assert_eq!(sha256(&target), row["sha256"], "{name}: {path}");
+                }
+                "dir" => assert!(meta.is_dir(), "{name}: {path}"),
+                "symlink" => {
+                    assert!(meta.file_type().is_symlink(), "{name}: {path}");
+                    assert_eq!(
+                        fs::read_link(&target).expect("readlink"),
+                        Path::new(&row["sha256"])
+                    );
+                }
+                other => panic!("unknown type {other}"),
+            }
+        }
+        let written = walk_count(&out);
+        assert_eq!(written, wanted, "{name}: extra entries in the output");
+        let counted = report["files"].as_u64().unwrap_or(0)
+            + report["symlinks"].as_u64().unwrap_or(0)
+            + report["dirs"].as_u64().unwrap_or(0)
+            - 1; // `dirs` counts OUT_DIR itself
+        assert_eq!(counted as usize, wanted, "{name}: {report}");
+        assert_eq!(report["unreadable"], Value::Array(Vec::new()));
+        assert_eq!(stamp(&img), before, "{name} was written");
+    }
+}
+
+fn walk_count(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .expect("read output dir")
+        .map(|e| {
+            let e = e.expect("dir entry");
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            1 + if is_dir { walk_count(&e.path()) } else { 0 }
+        })
+        .sum()
+}
+
+#[test]
+fn extract_all_with_system_files_writes_them_and_the_sdd_directory() {
+    if corpus("extract_system_files").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("--all")
+        .arg(&out)
+        .arg("--system-files")
+        .assert()
+        .success();
+
+    for row in expected("vmfs5").iter().filter(|r| is_system(&r["path"])) {
+        let target = out.join(row["path"].trim_start_matches('/'));
+        if row["type"] == "dir" {
+            assert!(target.is_dir(), "{}", row["path"]);
+        } else {
+            assert_eq!(sha256(&target), row["sha256"], "{}", row["path"]);
+        }
+    }
+}
+
+#[test]
+fn thin_files_are_extracted_sparse() {
+    if corpus("thin_sparse").is_none() {
+        return;
+    }
+    let img = image("vmfs3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("thin-flat.vmdk");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/thin-flat.vmdk")
+        .arg(&out)
+        .assert()
+        .success();
+
+    let meta = fs::metadata(&out).expect("extracted");
+    assert_eq!(meta.len(), 200 << 20);
+    assert!(
+        meta.blocks() * 512 <= 2 << 20,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+}
+
+#[test]
+fn info_json_matches_the_volume_table() {
+    if corpus("info_json").is_none() {
+        return;
+    }
+    for name in IMAGES {
+        let img = image(name);
+        let row = volume(name);
+
+        let info = json(&[os("info"), img.as_os_str(), os("--json")]);
+
+        assert_eq!(info["kind"], "vmfs", "{info}");
+        assert_eq!(info["label"], row["label"].as_str());
+        assert_eq!(info["uuid"], row["uuid"].as_str());
+        assert_eq!(info["lv_uuid"], row["lv_uuid"].as_str());
+        assert_eq!(info["fs_version"], row["fs_version"].as_str());
+        assert_eq!(info["vmfs_version"].to_string(), row["vmfs_version"]);
+        for field in [
+            "block_size",
+            "sub_block_size",
+            "total_blocks",
+            "free_blocks",
+            "free_bytes",
+        ] {
+            assert_eq!(info[field].to_string(), row[field], "{name}: {field}");
+        }
+        assert_eq!(info["capacity"].to_string(), row["lv_bytes"]);
+        assert_eq!(
+            info["devices"][0]["lvm_version"],
+            row["lvm_version"].as_str()
+        );
+        let files = expected(name)
+            .iter()
+            .filter(|r| r["type"] != "dir" && !is_system(&r["path"]))
+            .count();
+        assert_eq!(info["files"], files as u64, "{name}");
+        assert_eq!(info["locks"], Value::Array(Vec::new()));
+    }
+}
+
+#[test]
+fn extract_of_one_file_writes_its_content() {
+    if corpus("extract_file").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("file5");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory/file5")
+        .arg(&out)
+        .assert()
+        .success();
+
+    let row = expected("vmfs5")
+        .into_iter()
+        .find(|r| r["path"] == "/directory/file5")
+        .expect("row");
+    assert_eq!(sha256(&out), row["sha256"]);
+}
+
+#[test]
+fn extract_of_a_directory_writes_its_tree_under_out() {
+    if corpus("extract_dir").is_none() {
+        return;
+    }
+    let img = image("vmfs6");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("d");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory")
+        .arg(&out)
+        .assert()
+        .success();
+
+    for row in expected("vmfs6")
+        .iter()
+        .filter(|r| r["path"].starts_with("/directory/"))
+    {
+        let target = out.join(row["path"].trim_start_matches("/directory/"));
+        match row["type"].as_str() {
+            "symlink" => assert_eq!(
+                fs::read_link(&target).expect("symlink"),
+                Path::new(&row["sha256"])
+            ),
+            _ => assert_eq!(sha256(&target), row["sha256"], "{}", row["path"]),
+        }
+    }
+}
+
+#[test]
+fn extract_refuses_an_existing_output_without_force() {
+    if corpus("extract_force").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("file5");
+    fs::write(&out, b"keep me").expect("write");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory/file5")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("already exists; use --force"));
+    assert_eq!(fs::read(&out).expect("read"), b"keep me");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory/file5")
+        .arg(&out)
+        .arg("--force")
+        .assert()
+        .success();
+    assert_eq!(fs::metadata(&out).expect("out").len(), 8193);
+}
+
+#[test]
+fn extract_never_writes_over_the_datastore_even_with_force() {
+    if corpus("extract_input").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let before = stamp(&img);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("alias.bin");
+    std::os::unix::fs::symlink(&img, &link).expect("symlink");
+
+    for out in [&img, &link] {
+        vdr()
+            .arg("extract")
+            .arg(&img)
+            .arg("/directory/file5")
+            .arg(out)
+            .arg("--force")
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("it is the input file"));
+    }
+    assert_eq!(stamp(&img), before);
+}
+
+#[test]
+fn every_command_leaves_the_image_byte_identical() {
+    if corpus("image_unchanged").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let sha = volume("vmfs5")["image_sha256"].clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = dir.path().join("all");
+
+    for args in [
+        vec![os("info"), img.as_os_str()],
+        vec![os("info"), img.as_os_str(), os("--json")],
+        vec![os("ls"), img.as_os_str(), os("-lR")],
+        vec![
+            os("ls"),
+            img.as_os_str(),
+            os("-R"),
+            os("--json"),
+            os("--salvage"),
+        ],
+        vec![
+            os("extract"),
+            img.as_os_str(),
+            os("--all"),
+            all.as_os_str(),
+            os("--system-files"),
+        ],
+    ] {
+        vdr().args(&args).assert().success();
+    }
+
+    assert_eq!(sha256(&img), sha);
+}
+
+#[test]
+fn a_zero_filled_file_is_no_datastore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("zero.img");
+    fs::File::create(&img)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("zero image");
+    let out = dir.path().join("out");
+
+    for args in [
+        vec![os("ls"), img.as_os_str()],
+        vec![os("info"), img.as_os_str(), os("--vmfs")],
+        vec![os("extract"), img.as_os_str(), os("--all"), out.as_os_str()],
+    ] {
+        vdr()
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("no VMFS volume found"));
+    }
+    assert!(!out.exists());
+
+    vdr()
+        .arg("info")
+        .arg(&img)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("file format: raw"));
+}
+
+#[test]
+fn a_device_of_another_volume_is_refused_without_salvage() {
+    if corpus("extent_other_volume").is_none() {
+        return;
+    }
+    let (five, six) = (image("vmfs5"), image("vmfs6"));
+
+    vdr()
+        .arg("ls")
+        .arg(&five)
+        .arg("--extent")
+        .arg(&six)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("belongs to another volume"));
+    vdr()
+        .arg("ls")
+        .arg(&five)
+        .arg("--extent")
+        .arg(&six)
+        .arg("--salvage")
+        .assert()
+        .success();
+}
+
+/// A copy of vmfs5 whose /directory/file5 points at a block past the end of the volume.
+fn damaged_vmfs5(dir: &Path) -> PathBuf {
+    let img = image("vmfs5");
+    let listing = json(&[
+        os("ls"),
+        img.as_os_str(),
+        os("/directory/file5"),
+        os("--json"),
+    ]);
+    let fd_offset = listing[0]["fd_offset"].as_u64().expect("fd_offset");
+    let copy = dir.join("damaged.bin");
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let mut perms = fs::metadata(&copy).expect("copy").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(&copy, perms).expect("chmod");
+    // LV at partition + 0x1100000; the VMFS5 block array at FD + 0x400; an FB address
+    // (type 1) whose block number lies far past the 256 MiB volume.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .expect("open copy");
+    file.write_all_at(
+        &0xFFFF_FFC1u32.to_le_bytes(),
+        0x110_0000 + fd_offset + 0x400,
+    )
+    .expect("damage");
+    copy
+}
+
+#[test]
+fn an_unreadable_block_stops_a_strict_extract_and_leaves_no_file() {
+    if corpus("unreadable_strict").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = damaged_vmfs5(dir.path());
+    let out = dir.path().join("file5");
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory/file5")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "/directory/file5: file bytes 0x0..",
+        ))
+        .stderr(predicates::str::contains("unreadable"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn salvage_fills_an_unreadable_block_with_zeros_and_exits_1() {
+    if corpus("unreadable_salvage").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = damaged_vmfs5(dir.path());
+    let out = dir.path().join("tree");
+
+    let run = vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("--all")
+        .arg(&out)
+        .arg("--salvage")
+        .arg("--json")
+        .output()
+        .expect("run");
+
+    assert_eq!(run.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&run.stdout).expect("json");
+    assert_eq!(report["unreadable"][0]["path"], "/directory/file5");
+    assert_eq!(report["unreadable"][0]["offset"], 0);
+    let file5 = fs::read(out.join("directory/file5")).expect("file5");
+    assert_eq!(file5, vec![0u8; 8193]);
+    assert_eq!(
+        fs::read(out.join("directory/file4")).expect("file4"),
+        b"content\n"
+    );
+}
