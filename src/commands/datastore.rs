@@ -14,7 +14,7 @@ use vdr_formats::{
 };
 
 use super::Status;
-use crate::cli::InfoArgs;
+use crate::cli::{usage_error, InfoArgs};
 use crate::output::{binary_size, print_json, to_stdout, utc_date};
 
 /// The longest symlink target read (Linux PATH_MAX); longer means a damaged FD.
@@ -223,6 +223,12 @@ struct DatastoreReport {
 
 /// Runs `vdr info` on a datastore.
 pub fn run_info(args: &InfoArgs) -> Result<Status> {
+    if args.snapshot.is_some() {
+        usage_error(
+            "info",
+            "--snapshot applies to disk images; this is a VMFS datastore",
+        );
+    }
     let volume = open_volume(&args.image, &args.extent, args.open.salvage)?;
     let report = describe(&volume, &args.image)?;
     if args.json {

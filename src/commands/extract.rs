@@ -96,6 +96,12 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
     let mut report = ExtractReport::default();
     let top = volume.lookup(&path)?;
     let plan = if top.is_dir() {
+        // A user-given OUT that is a symlink to a directory is followed (only OUT: links
+        // inside the tree never are).
+        let out = match fs::canonicalize(&out) {
+            Ok(real) if real.is_dir() => real,
+            _ => out.clone(),
+        };
         plan_tree(&volume, &path, &out, args.system_files, &mut report)?
     } else {
         let out = match fs::metadata(&out) {
