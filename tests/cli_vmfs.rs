@@ -8,125 +8,19 @@
 //! one test compares the full sha256 before and after every command.
 
 mod cli_support;
+mod vmfs_support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use cli_support::{sha256, vdr};
 use serde_json::Value;
-
-const IMAGES: [&str; 3] = ["vmfs3", "vmfs5", "vmfs6"];
-
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/vmfs")
-}
-
-/// The corpus directory, or None after printing a `SKIP:` line for `test`.
-fn corpus(test: &str) -> Option<PathBuf> {
-    let dir = corpus_dir();
-    if dir.join("VOLUMES.tsv").is_file() && dir.join("EXPECTED.tsv").is_file() {
-        Some(dir)
-    } else {
-        println!("SKIP: {test}: no VMFS corpus at {}", dir.display());
-        None
-    }
-}
-
-/// Rows of a corpus TSV file as column-name → value maps.
-fn tsv(name: &str) -> Vec<BTreeMap<String, String>> {
-    let text = fs::read_to_string(corpus_dir().join(name)).expect("read corpus table");
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
-    lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            header
-                .iter()
-                .zip(l.split('\t'))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
-}
-
-fn volume(image: &str) -> BTreeMap<String, String> {
-    tsv("VOLUMES.tsv")
-        .into_iter()
-        .find(|r| r["image"] == image)
-        .expect("image in VOLUMES.tsv")
-}
-
-fn expected(image: &str) -> Vec<BTreeMap<String, String>> {
-    tsv("EXPECTED.tsv")
-        .into_iter()
-        .filter(|r| r["image"] == image)
-        .collect()
-}
-
-fn is_system(path: &str) -> bool {
-    path.starts_with("/.") && path.split('/').nth(1).is_some_and(|n| n.ends_with(".sf"))
-}
-
-static EXPAND: Mutex<()> = Mutex::new(());
-
-/// The expanded, read-only image (expanded once per target directory).
-fn image(name: &str) -> PathBuf {
-    let _one_at_a_time = EXPAND.lock().unwrap_or_else(|e| e.into_inner());
-    let row = volume(name);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vmfs-corpus");
-    fs::create_dir_all(&dir).expect("corpus cache dir");
-    let gz = &row["gz_file"];
-    let path = dir.join(gz.trim_end_matches(".gz"));
-    let bytes: u64 = row["image_bytes"].parse().expect("image_bytes");
-    if fs::metadata(&path).is_ok_and(|m| m.len() == bytes) {
-        return path;
-    }
-    let partial = dir.join(format!("{gz}.{}.partial", std::process::id()));
-    let status = Command::new("bash")
-        .arg("-c")
-        .arg("set -o pipefail; gunzip -c \"$1\" | cp --sparse=always /dev/stdin \"$2\"")
-        .arg("bash")
-        .arg(corpus_dir().join(gz))
-        .arg(&partial)
-        .status()
-        .expect("run gunzip");
-    assert!(status.success(), "expanding {gz} failed");
-    let mut perms = fs::metadata(&partial).expect("expanded").permissions();
-    perms.set_readonly(true);
-    fs::set_permissions(&partial, perms).expect("chmod");
-    fs::rename(&partial, &path).expect("rename expanded image");
-    path
-}
-
-/// Size, mtime and ctime: any write through any descriptor changes them.
-fn stamp(path: &Path) -> (u64, i64, i64, i64, i64) {
-    let m = fs::metadata(path).expect("image metadata");
-    (
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    )
-}
-
-fn json(args: &[&std::ffi::OsStr]) -> Value {
-    let out = vdr().args(args).output().expect("run vdr");
-    assert!(
-        out.status.success(),
-        "vdr {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--json output is JSON")
-}
-
-fn os<T: AsRef<std::ffi::OsStr> + ?Sized>(s: &T) -> &std::ffi::OsStr {
-    s.as_ref()
-}
+use vmfs_support::{
+    corpus, damaged_vmfs5, expected, image, is_system, json, os, partitioned_vmfs5, stamp, volume,
+    IMAGES,
+};
 
 #[test]
 fn ls_json_lists_the_expected_entries_of_each_corpus_image() {
@@ -561,42 +455,6 @@ fn a_device_of_another_volume_is_refused_without_salvage() {
         .success();
 }
 
-/// A copy of vmfs5 whose /directory/file5 points at a block past the end of the volume.
-fn damaged_vmfs5(dir: &Path) -> PathBuf {
-    let img = image("vmfs5");
-    let listing = json(&[
-        os("ls"),
-        img.as_os_str(),
-        os("/directory/file5"),
-        os("--json"),
-    ]);
-    let fd_offset = listing[0]["fd_offset"].as_u64().expect("fd_offset");
-    let copy = dir.join("damaged.bin");
-    let status = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&img)
-        .arg(&copy)
-        .status()
-        .expect("cp");
-    assert!(status.success());
-    let mut perms = fs::metadata(&copy).expect("copy").permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    fs::set_permissions(&copy, perms).expect("chmod");
-    // LV at partition + 0x1100000; the VMFS5 block array at FD + 0x400; an FB address
-    // (type 1) whose block number lies far past the 256 MiB volume.
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .open(&copy)
-        .expect("open copy");
-    file.write_all_at(
-        &0xFFFF_FFC1u32.to_le_bytes(),
-        0x110_0000 + fd_offset + 0x400,
-    )
-    .expect("damage");
-    copy
-}
-
 #[test]
 fn an_unreadable_block_stops_a_strict_extract_and_leaves_no_file() {
     if corpus("unreadable_strict").is_none() {
@@ -649,87 +507,6 @@ fn salvage_fills_an_unreadable_block_with_zeros_and_exits_1() {
         fs::read(out.join("directory/file4")).expect("file4"),
         b"content\n"
     );
-}
-
-/// CRC-32 (IEEE), for the GPT this test writes.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A disk image holding vmfs5 as partition 1 at 1 MiB, behind an MBR (type 0xfb) or a
-/// GPT (the VMFS type GUID).
-fn partitioned_vmfs5(dir: &Path, gpt: bool) -> PathBuf {
-    const SECTOR: u64 = 512;
-    let img = image("vmfs5");
-    let part_sectors = fs::metadata(&img).expect("image").len() / SECTOR;
-    let disk_sectors = 2048 + part_sectors + 2048;
-    let disk = dir.join(if gpt { "gpt.img" } else { "mbr.img" });
-    let status = Command::new("dd")
-        .arg(format!("if={}", img.display()))
-        .arg(format!("of={}", disk.display()))
-        .args(["bs=1M", "seek=1", "conv=sparse", "status=none"])
-        .status()
-        .expect("dd");
-    assert!(status.success());
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .expect("disk");
-    file.set_len(disk_sectors * SECTOR).expect("size");
-    let mut mbr = [0u8; 512];
-    let entry = &mut mbr[446..462];
-    entry[4] = if gpt { 0xEE } else { 0xFB };
-    let (start, count) = if gpt {
-        (1u32, u32::try_from(disk_sectors - 1).unwrap_or(u32::MAX))
-    } else {
-        (2048, u32::try_from(part_sectors).expect("fits"))
-    };
-    entry[8..12].copy_from_slice(&start.to_le_bytes());
-    entry[12..16].copy_from_slice(&count.to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xAA;
-    file.write_all_at(&mbr, 0).expect("mbr");
-    if gpt {
-        const VMFS_TYPE: [u8; 16] = [
-            0x2A, 0xE0, 0x31, 0xAA, 0x0F, 0x40, 0xDB, 0x11, 0x95, 0x90, 0x00, 0x0C, 0x29, 0x11,
-            0xD1, 0xB8,
-        ];
-        let mut entries = vec![0u8; 128 * 128];
-        entries[0..16].copy_from_slice(&VMFS_TYPE);
-        entries[16..32].copy_from_slice(&[7; 16]);
-        entries[32..40].copy_from_slice(&2048u64.to_le_bytes());
-        entries[40..48].copy_from_slice(&(2048 + part_sectors - 1).to_le_bytes());
-        let mut header = [0u8; 92];
-        header[0..8].copy_from_slice(b"EFI PART");
-        header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        header[12..16].copy_from_slice(&92u32.to_le_bytes());
-        header[24..32].copy_from_slice(&1u64.to_le_bytes());
-        header[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
-        header[40..48].copy_from_slice(&34u64.to_le_bytes());
-        header[48..56].copy_from_slice(&(disk_sectors - 34).to_le_bytes());
-        header[56..72].copy_from_slice(&[9; 16]);
-        header[72..80].copy_from_slice(&2u64.to_le_bytes());
-        header[80..84].copy_from_slice(&128u32.to_le_bytes());
-        header[84..88].copy_from_slice(&128u32.to_le_bytes());
-        header[88..92].copy_from_slice(&crc32(&entries).to_le_bytes());
-        let crc = crc32(&header);
-        header[16..20].copy_from_slice(&crc.to_le_bytes());
-        file.write_all_at(&header, SECTOR).expect("gpt header");
-        file.write_all_at(&entries, 2 * SECTOR)
-            .expect("gpt entries");
-    }
-    disk
 }
 
 #[test]
