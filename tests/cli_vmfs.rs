@@ -12,14 +12,14 @@ mod vmfs_support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use cli_support::{sha256, vdr};
 use serde_json::Value;
 use vmfs_support::{
-    corpus, damaged_vmfs5, expected, image, is_system, json, os, partitioned_vmfs5, stamp, volume,
-    IMAGES,
+    corpus, damaged_vmfs5, expected, image, is_system, json, locked_vmfs5, os, partitioned_vmfs5,
+    stamp, volume, IMAGES, VMFS5_HEARTBEAT,
 };
 
 #[test]
@@ -538,4 +538,69 @@ fn a_datastore_is_found_through_an_mbr_or_a_gpt() {
             "227c62ef44ec9d9d4dbda23feaf622078a496368e919980afcd786acd9f455c4"
         );
     }
+}
+
+#[test]
+fn a_held_lock_names_its_host_in_ls_and_info() {
+    if corpus("held_lock").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut owner = [0u8; 16];
+    fs::File::open(image("vmfs5"))
+        .and_then(|f| f.read_exact_at(&mut owner, 0x110_0000 + VMFS5_HEARTBEAT + 0x1C))
+        .expect("heartbeat owner");
+    let img = locked_vmfs5(dir.path(), owner);
+
+    let listing = json(&[os("ls"), img.as_os_str(), os("/directory"), os("--json")]);
+    let info = json(&[os("info"), img.as_os_str(), os("--json")]);
+    let text = vdr().arg("info").arg(&img).output().expect("run");
+
+    let host = "61137d5a-a2df8778-7ed5-000c29801686";
+    let file5 = &listing.as_array().expect("array")[4];
+    assert_eq!(file5["name"], "file5");
+    assert_eq!(file5["locked_by"]["owner"], host, "{file5}");
+    assert_eq!(file5["locked_by"]["mac"], "00:0c:29:80:16:86");
+    assert_eq!(file5["locked_by"]["mode"], 1);
+    assert_eq!(file5["locked_by"]["heartbeat_live"], true);
+    assert_eq!(info["heartbeats"][0]["owner"], host);
+    assert_eq!(info["heartbeats"][0]["live"], true);
+    assert_eq!(info["locks"][0]["path"], "/directory/file5");
+    assert_eq!(info["locks"][0]["owner"], host);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("/directory/file5 by host {host}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn ls_long_shows_fd_addresses_address_types_and_symlink_targets() {
+    if corpus("ls_long").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+
+    let out = vdr()
+        .arg("ls")
+        .arg("-l")
+        .arg(&img)
+        .arg("/directory")
+        .output()
+        .expect("run");
+
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let file5 = text
+        .lines()
+        .find(|l| l.ends_with(" file5"))
+        .expect("file5 row");
+    for column in ["file", "-rw-r--r--", "8193", "1048576", "0x3400004", "FB"] {
+        assert!(
+            file5.split_whitespace().any(|c| c == column),
+            "{column} missing: {file5}"
+        );
+    }
+    assert!(text.contains("symlink -> file4"), "{text}");
+    assert!(text.lines().next().is_some_and(|h| h.contains("LOCKED BY")));
 }

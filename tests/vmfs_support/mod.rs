@@ -124,8 +124,9 @@ pub fn os<T: AsRef<std::ffi::OsStr> + ?Sized>(s: &T) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
-/// A copy of vmfs5 whose /directory/file5 points at a block past the end of the volume.
-pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
+/// A writable copy of vmfs5 in `dir` with `patches` (offset in /directory/file5's FD,
+/// bytes) written over that FD.
+pub fn patched_vmfs5(dir: &Path, name: &str, patches: &[(u64, &[u8])]) -> PathBuf {
     let img = image("vmfs5");
     let listing = json(&[
         os("ls"),
@@ -134,7 +135,7 @@ pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
         os("--json"),
     ]);
     let fd_offset = listing[0]["fd_offset"].as_u64().expect("fd_offset");
-    let copy = dir.join("damaged.bin");
+    let copy = dir.join(name);
     let status = Command::new("cp")
         .arg("--sparse=always")
         .arg(&img)
@@ -146,18 +147,45 @@ pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
     fs::set_permissions(&copy, perms).expect("chmod");
-    // LV at partition + 0x1100000; the VMFS5 block array at FD + 0x400; an FB address
-    // (type 1) whose block number lies far past the 256 MiB volume.
     let file = fs::OpenOptions::new()
         .write(true)
         .open(&copy)
         .expect("open copy");
-    file.write_all_at(
-        &0xFFFF_FFC1u32.to_le_bytes(),
-        0x110_0000 + fd_offset + 0x400,
-    )
-    .expect("damage");
+    // The LV starts at partition + 0x1100000 in every corpus image.
+    for (offset, bytes) in patches {
+        file.write_all_at(bytes, 0x110_0000 + fd_offset + offset)
+            .expect("patch");
+    }
     copy
+}
+
+/// A copy of vmfs5 whose /directory/file5 points at a block past the end of the volume:
+/// the VMFS5 block array is at FD + 0x400; an FB address (type 1) with a block number
+/// far past the 256 MiB volume.
+pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
+    patched_vmfs5(
+        dir,
+        "damaged.bin",
+        &[(0x400, &0xFFFF_FFC1u32.to_le_bytes())],
+    )
+}
+
+/// The live heartbeat slot of vmfs5 and the host owning it (VOLUMES.tsv notes).
+pub const VMFS5_HEARTBEAT: u64 = 0x37_b000;
+
+/// A copy of vmfs5 whose /directory/file5 is locked (exclusive) by the host whose
+/// heartbeat is live: the FD's disk lock holds the heartbeat address at +0x0C, the mode
+/// at +0x24 and the owner UUID at +0x28.
+pub fn locked_vmfs5(dir: &Path, owner: [u8; 16]) -> PathBuf {
+    patched_vmfs5(
+        dir,
+        "locked.bin",
+        &[
+            (0x0C, &VMFS5_HEARTBEAT.to_le_bytes()),
+            (0x24, &1u32.to_le_bytes()),
+            (0x28, &owner),
+        ],
+    )
 }
 
 /// CRC-32 (IEEE), for the GPT this test writes.
