@@ -604,3 +604,29 @@ fn ls_long_shows_fd_addresses_address_types_and_symlink_targets() {
     assert!(text.contains("symlink -> file4"), "{text}");
     assert!(text.lines().next().is_some_and(|h| h.contains("LOCKED BY")));
 }
+
+#[test]
+fn extract_warns_about_a_file_a_host_holds_locked() {
+    if corpus("extract_locked").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = locked_vmfs5(dir.path(), [0x5A; 16]);
+    let out = dir.path().join("file5");
+
+    let run = vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory/file5")
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .expect("run");
+
+    assert!(run.status.success());
+    let report: Value = serde_json::from_slice(&run.stdout).expect("json");
+    assert_eq!(report["locked"][0]["path"], "/directory/file5", "{report}");
+    assert_eq!(report["locked"][0]["mac"], "5a:5a:5a:5a:5a:5a");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("locked by host"));
+    assert_eq!(fs::metadata(&out).expect("written").len(), 8193);
+}

@@ -27,7 +27,10 @@ use serde::Serialize;
 use vdr_formats::vmfs::{self, FileDescriptor, FileType, PieceKind, VmfsFile, Volume};
 use vdr_formats::{Finding, ParseMode, Severity, Source};
 
-use super::datastore::{has_errors, open_volume, print_findings, symlink_target, type_name};
+use super::datastore::{
+    has_errors, live_heartbeats, lock_holder, open_volume, print_findings, symlink_target,
+    type_name, LockHolder,
+};
 use super::ls::normalise;
 use super::Status;
 use crate::cli::{usage_error, ExtractArgs};
@@ -58,6 +61,15 @@ struct Skipped {
     reason: String,
 }
 
+/// A file written while a host held its lock (a running VM's disk may change under the
+/// copy).
+#[derive(Debug, Serialize)]
+struct Locked {
+    path: String,
+    #[serde(flatten)]
+    holder: LockHolder,
+}
+
 /// The `vdr extract --json` report.
 #[derive(Debug, Default, Serialize)]
 struct ExtractReport {
@@ -67,6 +79,7 @@ struct ExtractReport {
     bytes: u64,
     data_bytes: u64,
     skipped: Vec<Skipped>,
+    locked: Vec<Locked>,
     unreadable: Vec<UnreadableRange>,
     findings: Vec<Finding>,
 }
@@ -128,6 +141,7 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
         volume: &volume,
         inputs: &inputs,
         force: args.force,
+        live_heartbeats: live_heartbeats(&volume),
         progress: &progress,
         done: 0,
         buffer: vec![0u8; CHUNK],
@@ -154,6 +168,15 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
             range.offset.saturating_add(range.len),
             binary_size(range.len),
             range.reason
+        );
+    }
+    for locked in &report.locked {
+        eprintln!(
+            "vdr: {}: locked by host {} (MAC {}, heartbeat {}): a running VM may have changed it during the copy",
+            locked.path,
+            locked.holder.owner,
+            locked.holder.mac,
+            if locked.holder.heartbeat_live { "live" } else { "not live" }
         );
     }
     for skipped in &report.skipped {
@@ -327,6 +350,8 @@ struct Writer<'a> {
     volume: &'a Arc<Volume>,
     inputs: &'a Inputs,
     force: bool,
+    /// LV offsets of the live heartbeat slots (to tell live lock holders).
+    live_heartbeats: Vec<u64>,
     progress: &'a Progress,
     done: u64,
     buffer: Vec<u8>,
@@ -373,6 +398,12 @@ impl Writer<'_> {
                 });
                 return Ok(());
             }
+        }
+        if let Some(holder) = lock_holder(fd, &self.live_heartbeats) {
+            self.report.locked.push(Locked {
+                path: entry.path.clone(),
+                holder,
+            });
         }
         self.make_room(&entry.out)?;
         guard.watch(Some(&entry.out));
