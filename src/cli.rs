@@ -20,7 +20,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Format, size, backing chain, snapshots and allocation summary of an image.
+    /// Format, size, backing chain, snapshots and allocation summary of an image; for a
+    /// VMFS datastore: volume, devices, extents, used/free, live heartbeats, held locks.
     Info(InfoArgs),
     /// Extent map of the image as the guest sees it (like `qemu-img map`).
     Map(MapArgs),
@@ -52,7 +53,7 @@ pub struct OpenArgs {
 /// `vdr info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// The image to describe.
+    /// The image (or the device or image holding a VMFS datastore) to describe.
     pub image: PathBuf,
     /// Print the documented JSON object (docs/CLI.md) instead of text.
     #[arg(long)]
@@ -313,5 +314,42 @@ mod tests {
         };
         assert_eq!(args.format, OutputFormatArg::Vmdk);
         assert_eq!(args.subformat, Some(SubformatArg::StreamOptimized));
+    }
+
+    #[test]
+    fn extract_takes_path_and_out_or_all() {
+        let cli =
+            Cli::try_parse_from(["vdr", "extract", "ds.img", "--all", "out"]).expect("parses");
+        let Command::Extract(args) = cli.command else {
+            panic!("not extract");
+        };
+        assert_eq!(args.all, Some(PathBuf::from("out")));
+        assert!(args.path.is_none() && args.out.is_none() && !args.system_files);
+
+        let cli = Cli::try_parse_from(["vdr", "extract", "ds.img", "/vm/a.vmdk", "a.vmdk"])
+            .expect("parses");
+        let Command::Extract(args) = cli.command else {
+            panic!("not extract");
+        };
+        assert_eq!(args.path.as_deref(), Some("/vm/a.vmdk"));
+        assert!(args.all.is_none());
+
+        assert!(Cli::try_parse_from(["vdr", "extract", "ds.img", "/vm/a.vmdk"]).is_err());
+        assert!(
+            Cli::try_parse_from(["vdr", "extract", "ds.img", "/a", "b", "--all", "c"]).is_err()
+        );
+    }
+
+    #[test]
+    fn ls_lists_the_root_by_default_and_takes_extents() {
+        let cli = Cli::try_parse_from([
+            "vdr", "ls", "a.img", "--extent", "b.img", "--extent", "c.img",
+        ])
+        .expect("parses");
+        let Command::Ls(args) = cli.command else {
+            panic!("not ls");
+        };
+        assert_eq!(args.path, "/");
+        assert_eq!(args.datastore_args.extent.len(), 2);
     }
 }
