@@ -18,8 +18,8 @@ use std::path::Path;
 use cli_support::{sha256, vdr};
 use serde_json::Value;
 use vmfs_support::{
-    corpus, damaged_vmfs5, expected, image, is_system, json, locked_vmfs5, os, partitioned_vmfs5,
-    stamp, volume, IMAGES, VMFS5_HEARTBEAT,
+    big_directory_vmfs5, corpus, damaged_vmfs5, expected, image, is_system, json, locked_vmfs5, os,
+    partitioned_vmfs5, stamp, volume, IMAGES, VMFS5_HEARTBEAT,
 };
 
 #[test]
@@ -629,4 +629,31 @@ fn extract_warns_about_a_file_a_host_holds_locked() {
     assert_eq!(report["locked"][0]["mac"], "5a:5a:5a:5a:5a:5a");
     assert!(String::from_utf8_lossy(&run.stderr).contains("locked by host"));
     assert_eq!(fs::metadata(&out).expect("written").len(), 8193);
+}
+
+#[test]
+fn a_directory_of_10000_files_is_listed_quickly() {
+    if corpus("big_directory").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = big_directory_vmfs5(dir.path(), 10_000);
+
+    let started = std::time::Instant::now();
+    let listing = json(&[
+        os("ls"),
+        img.as_os_str(),
+        os("/directory"),
+        os("-R"),
+        os("--json"),
+    ]);
+    let took = started.elapsed();
+
+    let entries = listing.as_array().expect("array");
+    assert_eq!(entries.len(), 10_006);
+    assert_eq!(entries[0]["name"], "f000000");
+    assert_eq!(entries[9_999]["size"], entries[4]["size"]);
+    // The target is < 1 s; 5 s leaves room for a loaded machine and still catches
+    // per-entry lookups by path (quadratic: minutes).
+    assert!(took.as_secs() < 5, "listing took {took:?}");
 }

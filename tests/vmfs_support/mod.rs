@@ -124,17 +124,21 @@ pub fn os<T: AsRef<std::ffi::OsStr> + ?Sized>(s: &T) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
-/// A writable copy of vmfs5 in `dir` with `patches` (offset in /directory/file5's FD,
-/// bytes) written over that FD.
-pub fn patched_vmfs5(dir: &Path, name: &str, patches: &[(u64, &[u8])]) -> PathBuf {
+/// The LV offset of the FD of `path` in `img`.
+pub fn fd_offset(img: &Path, path: &str) -> u64 {
+    let listing = json(&[os("ls"), img.as_os_str(), os("-R"), os("--json")]);
+    listing
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["path"] == path)
+        .and_then(|e| e["fd_offset"].as_u64())
+        .expect("fd_offset")
+}
+
+/// A writable copy of vmfs5 in `dir` with `patches` (LV offset, bytes) written over it.
+pub fn patched_vmfs5(dir: &Path, name: &str, patches: &[(u64, Vec<u8>)]) -> PathBuf {
     let img = image("vmfs5");
-    let listing = json(&[
-        os("ls"),
-        img.as_os_str(),
-        os("/directory/file5"),
-        os("--json"),
-    ]);
-    let fd_offset = listing[0]["fd_offset"].as_u64().expect("fd_offset");
     let copy = dir.join(name);
     let status = Command::new("cp")
         .arg("--sparse=always")
@@ -153,20 +157,23 @@ pub fn patched_vmfs5(dir: &Path, name: &str, patches: &[(u64, &[u8])]) -> PathBu
         .expect("open copy");
     // The LV starts at partition + 0x1100000 in every corpus image.
     for (offset, bytes) in patches {
-        file.write_all_at(bytes, 0x110_0000 + fd_offset + offset)
-            .expect("patch");
+        file.write_all_at(bytes, LV_START + offset).expect("patch");
     }
     copy
 }
+
+/// Where the LV starts in every corpus image.
+pub const LV_START: u64 = 0x110_0000;
 
 /// A copy of vmfs5 whose /directory/file5 points at a block past the end of the volume:
 /// the VMFS5 block array is at FD + 0x400; an FB address (type 1) with a block number
 /// far past the 256 MiB volume.
 pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
+    let fd = fd_offset(&image("vmfs5"), "/directory/file5");
     patched_vmfs5(
         dir,
         "damaged.bin",
-        &[(0x400, &0xFFFF_FFC1u32.to_le_bytes())],
+        &[(fd + 0x400, 0xFFFF_FFC1u32.to_le_bytes().to_vec())],
     )
 }
 
@@ -177,13 +184,78 @@ pub const VMFS5_HEARTBEAT: u64 = 0x37_b000;
 /// heartbeat is live: the FD's disk lock holds the heartbeat address at +0x0C, the mode
 /// at +0x24 and the owner UUID at +0x28.
 pub fn locked_vmfs5(dir: &Path, owner: [u8; 16]) -> PathBuf {
+    let fd = fd_offset(&image("vmfs5"), "/directory/file5");
     patched_vmfs5(
         dir,
         "locked.bin",
         &[
-            (0x0C, &VMFS5_HEARTBEAT.to_le_bytes()),
-            (0x24, &1u32.to_le_bytes()),
-            (0x28, &owner),
+            (fd + 0x0C, VMFS5_HEARTBEAT.to_le_bytes().to_vec()),
+            (fd + 0x24, 1u32.to_le_bytes().to_vec()),
+            (fd + 0x28, owner.to_vec()),
+        ],
+    )
+}
+
+/// A copy of vmfs5 whose /directory holds `count` more entries (`f000000`, ...) pointing
+/// at the five existing files' FDs in turn, stored in 1 MiB file blocks from LV block 250
+/// (free in vmfs5): the directory's FD becomes FB-addressed. No FD is added, but listing
+/// it reads one FD per entry, as a real directory of that many files would
+/// (bench/vmfs-bigdir.py makes the same image).
+pub fn big_directory_vmfs5(dir: &Path, count: usize) -> PathBuf {
+    const ENTRY: usize = 0x8C;
+    const BLOCK: u64 = 1 << 20;
+    const FIRST_BLOCK: u64 = 250;
+    let img = image("vmfs5");
+    let listing = json(&[os("ls"), img.as_os_str(), os("/directory"), os("--json")]);
+    let listing = listing.as_array().expect("array");
+    let mut entries = Vec::with_capacity((count + listing.len()) * ENTRY);
+    let mut push = |kind: u32, fd: u64, name: &str| {
+        let mut entry = [0u8; ENTRY];
+        entry[0..4].copy_from_slice(&kind.to_le_bytes());
+        entry[4..8].copy_from_slice(&u32::try_from(fd).expect("fd").to_le_bytes());
+        entry[8..12].copy_from_slice(&1u32.to_le_bytes());
+        entry[12..12 + name.len()].copy_from_slice(name.as_bytes());
+        entries.extend_from_slice(&entry);
+    };
+    let mut files = Vec::new();
+    for e in listing {
+        let fd = e["fd_address"].as_u64().expect("fd_address");
+        let kind = if e["type"] == "symlink" { 4 } else { 3 };
+        push(kind, fd, e["name"].as_str().expect("name"));
+        if e["type"] == "file" {
+            files.push(fd);
+        }
+    }
+    for i in 0..count {
+        push(3, files[i % files.len()], &format!("f{i:06}"));
+    }
+    let length = entries.len() as u64;
+    let blocks = length.div_ceil(BLOCK);
+    let fd = fd_offset(&img, "/directory");
+    let meta = fd + 0x200;
+    let block_array: Vec<u8> = (0..256u64)
+        .flat_map(|b| {
+            let address = if b < blocks {
+                (u32::try_from(FIRST_BLOCK + b).expect("block") << 6) | 1
+            } else {
+                0
+            };
+            address.to_le_bytes()
+        })
+        .collect();
+    patched_vmfs5(
+        dir,
+        "bigdir.bin",
+        &[
+            (FIRST_BLOCK * BLOCK, entries),
+            (
+                meta + 0x14,
+                [length.to_le_bytes(), BLOCK.to_le_bytes()].concat(),
+            ),
+            (meta + 0x24, blocks.to_le_bytes().to_vec()),
+            (meta + 0x44, 1u32.to_le_bytes().to_vec()),
+            (meta + 0x89, vec![20]),
+            (fd + 0x400, block_array),
         ],
     )
 }
