@@ -373,3 +373,31 @@ fn extract_warns_about_a_file_a_host_holds_locked() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("locked by host"));
     assert_eq!(fs::metadata(&out).expect("written").len(), 8193);
 }
+
+#[test]
+fn extract_never_replaces_a_special_file_even_with_force() {
+    if corpus("extract_special").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+
+    vdr()
+        .arg("extract")
+        .arg(&img)
+        .arg("/directory/file5")
+        .arg(&fifo)
+        .arg("--force")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("not a regular file"));
+
+    let meta = fs::symlink_metadata(&fifo).expect("fifo still there");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+}

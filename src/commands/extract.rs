@@ -5,8 +5,9 @@
 //! written only with `--system-files` (or when named as PATH).
 //!
 //! Safety rules (DESIGN.md): no output is an input (device and inode, canonical path),
-//! even with `--force`; existing outputs are replaced only with `--force`, and never a
-//! directory; every output is checked before the first byte is written; the file being
+//! even with `--force`; existing outputs are replaced only with `--force`, and only
+//! regular files and symlinks (never a directory, device, FIFO or socket); every output
+//! is checked before the first byte is written; the file being
 //! written when an error or a signal stops vdr is removed. Names from the volume that
 //! could leave the output tree (`..`) are refused.
 //!
@@ -295,8 +296,8 @@ fn check_outputs(plan: &[Planned], inputs: &Inputs, force: bool) -> Result<()> {
             if !meta.is_dir() {
                 bail!("{out} exists and is not a directory; refusing to replace it");
             }
-        } else if meta.is_dir() {
-            bail!("{out} exists and is a directory; refusing to replace it");
+        } else if !(meta.is_file() || meta.file_type().is_symlink()) {
+            bail!("{out} exists and is not a regular file; refusing to replace it");
         } else if !force {
             bail!("{out} already exists; use --force to replace it");
         }
@@ -417,10 +418,17 @@ impl Writer<'_> {
 
     /// With `--force`, removes an existing output file (checked not to be an input).
     fn make_room(&self, out: &Path) -> Result<()> {
-        if fs::symlink_metadata(out).is_err() {
+        let Ok(meta) = fs::symlink_metadata(out) else {
             return Ok(());
-        }
+        };
         self.inputs.refuse_if_input(out)?;
+        // Never a device, FIFO or socket: --force replaces files, not system objects.
+        if !(meta.is_file() || meta.file_type().is_symlink()) {
+            bail!(
+                "{} exists and is not a regular file; refusing to replace it",
+                out.display()
+            );
+        }
         if !self.force {
             bail!(
                 "{} already exists; use --force to replace it",
