@@ -303,3 +303,29 @@ fn a_directory_of_10000_files_is_listed_quickly() {
     // per-entry lookups by path (quadratic: minutes).
     assert!(took.as_secs() < 5, "listing took {took:?}");
 }
+
+#[test]
+fn info_text_of_vmfs5_matches_its_golden_file() {
+    if corpus("info_text").is_none() {
+        return;
+    }
+    let img = image("vmfs5");
+    let dir = img.parent().expect("cache dir");
+
+    let out = vdr()
+        .current_dir(dir)
+        .arg("info")
+        .arg("vmfs5.bin")
+        .output()
+        .expect("run");
+
+    assert!(out.status.success());
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cli/vmfs5-info.txt");
+    if std::env::var_os("VDR_BLESS").is_some_and(|v| v == "1") {
+        fs::write(&golden, &out.stdout).expect("bless");
+        return;
+    }
+    let expected = fs::read_to_string(&golden).expect("golden file (bless with VDR_BLESS=1)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
