@@ -20,7 +20,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Format, size, backing chain, snapshots and allocation summary of an image.
+    /// Format, size, backing chain, snapshots and allocation summary of an image; for a
+    /// VMFS datastore: volume, devices, extents, used/free, live heartbeats, held locks.
     Info(InfoArgs),
     /// Extent map of the image as the guest sees it (like `qemu-img map`).
     Map(MapArgs),
@@ -30,6 +31,10 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Compare the content of two images, across formats and sizes.
     Compare(CompareArgs),
+    /// List the files of a VMFS datastore.
+    Ls(LsArgs),
+    /// Copy files, directories or the whole tree out of a VMFS datastore.
+    Extract(ExtractArgs),
 }
 
 /// Options shared by the commands that open one image.
@@ -48,7 +53,7 @@ pub struct OpenArgs {
 /// `vdr info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// The image to describe.
+    /// The image (or the device or image holding a VMFS datastore) to describe.
     pub image: PathBuf,
     /// Print the documented JSON object (docs/CLI.md) instead of text.
     #[arg(long)]
@@ -61,6 +66,13 @@ pub struct InfoArgs {
     /// Open the named image alone, without its backing files.
     #[arg(long)]
     pub no_backing: bool,
+    /// Describe IMAGE as a VMFS datastore even when its first sectors do not say so
+    /// (the partition table is searched, then the first 4 GiB are scanned).
+    #[arg(long)]
+    pub vmfs: bool,
+    /// Another device of a spanned VMFS datastore (repeatable); implies --vmfs.
+    #[arg(long, value_name = "PATH")]
+    pub extent: Vec<PathBuf>,
 }
 
 /// `vdr map`.
@@ -185,6 +197,67 @@ pub struct CompareArgs {
     pub strict_size: bool,
 }
 
+/// Options shared by the commands that open a VMFS datastore.
+#[derive(Debug, Args)]
+pub struct DatastoreArgs {
+    /// Another device of a spanned datastore (repeatable; any order).
+    #[arg(long, value_name = "PATH")]
+    pub extent: Vec<PathBuf>,
+    /// Open a damaged volume as far as possible and report each inconsistency as a
+    /// finding, instead of refusing it.
+    #[arg(long)]
+    pub salvage: bool,
+}
+
+/// `vdr ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The device or image holding the datastore (a disk with GPT/MBR, or a partition).
+    pub datastore: PathBuf,
+    /// The directory (or file) inside the datastore to list.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Long format: type, mode, size, allocated bytes, mtime, FD address, address type,
+    /// lock holder.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// List every entry under PATH, depth first.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Print a JSON array of entries (docs/CLI.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub datastore_args: DatastoreArgs,
+}
+
+/// `vdr extract`.
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The device or image holding the datastore.
+    pub datastore: PathBuf,
+    /// The file or directory inside the datastore to copy out.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub path: Option<String>,
+    /// Where to write it: a file, or for a directory the directory to hold its tree.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub out: Option<PathBuf>,
+    /// Copy the whole volume tree into OUT_DIR.
+    #[arg(long, value_name = "OUT_DIR")]
+    pub all: Option<PathBuf>,
+    /// Also write the VMFS system files (/.fbb.sf, /.fdc.sf, ..., /.sdd.sf).
+    #[arg(long)]
+    pub system_files: bool,
+    /// Replace existing output files (never an input, never a directory).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the extraction report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub datastore_args: DatastoreArgs,
+}
+
 /// Reports a usage error of `subcommand` the way clap does (message, usage line) and
 /// exits with 2.
 pub fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
@@ -241,5 +314,42 @@ mod tests {
         };
         assert_eq!(args.format, OutputFormatArg::Vmdk);
         assert_eq!(args.subformat, Some(SubformatArg::StreamOptimized));
+    }
+
+    #[test]
+    fn extract_takes_path_and_out_or_all() {
+        let cli =
+            Cli::try_parse_from(["vdr", "extract", "ds.img", "--all", "out"]).expect("parses");
+        let Command::Extract(args) = cli.command else {
+            panic!("not extract");
+        };
+        assert_eq!(args.all, Some(PathBuf::from("out")));
+        assert!(args.path.is_none() && args.out.is_none() && !args.system_files);
+
+        let cli = Cli::try_parse_from(["vdr", "extract", "ds.img", "/vm/a.vmdk", "a.vmdk"])
+            .expect("parses");
+        let Command::Extract(args) = cli.command else {
+            panic!("not extract");
+        };
+        assert_eq!(args.path.as_deref(), Some("/vm/a.vmdk"));
+        assert!(args.all.is_none());
+
+        assert!(Cli::try_parse_from(["vdr", "extract", "ds.img", "/vm/a.vmdk"]).is_err());
+        assert!(
+            Cli::try_parse_from(["vdr", "extract", "ds.img", "/a", "b", "--all", "c"]).is_err()
+        );
+    }
+
+    #[test]
+    fn ls_lists_the_root_by_default_and_takes_extents() {
+        let cli = Cli::try_parse_from([
+            "vdr", "ls", "a.img", "--extent", "b.img", "--extent", "c.img",
+        ])
+        .expect("parses");
+        let Command::Ls(args) = cli.command else {
+            panic!("not ls");
+        };
+        assert_eq!(args.path, "/");
+        assert_eq!(args.datastore_args.extent.len(), 2);
     }
 }

@@ -1,5 +1,6 @@
-//! Removing a partial output when the user interrupts `vdr convert` (SIGINT, SIGTERM,
-//! SIGHUP): a half-written disk image must not be left behind looking like a result.
+//! Removing a partial output when the user interrupts `vdr convert` or `vdr extract`
+//! (SIGINT, SIGTERM, SIGHUP): a half-written disk image must not be left behind looking
+//! like a result.
 //!
 //! Hand-written on libc rather than signal-hook: all that is needed is one `unlink` and an
 //! `_exit`, both async-signal-safe, from a handler armed only while the output is written.
@@ -60,6 +61,22 @@ impl Guard {
             })
             .collect();
         Guard { previous }
+    }
+
+    /// Points the handler at `path` (or at nothing) in place of the first armed output:
+    /// for commands that write many files one after another (`vdr extract`).
+    pub fn watch(&self, path: Option<&Path>) {
+        let new = path
+            .and_then(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            .map_or(std::ptr::null_mut(), CString::into_raw);
+        let old = PARTIAL_OUTPUTS[0].swap(new, Ordering::SeqCst);
+        if !old.is_null() {
+            // SAFETY: `old` came from `CString::into_raw` (in `arm` or `watch`). The swap
+            // took it out of the slot atomically: a handler that had loaded it would have
+            // swapped null in first, and this swap would have returned null. So nothing
+            // else can hold it, and it is freed exactly once.
+            drop(unsafe { CString::from_raw(old) });
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `vdr info`: format, size, backing chain, features, snapshots, allocation summary and
-//! findings of an image. `--json` prints the object documented in docs/CLI.md.
+//! findings of an image. `--json` prints the object documented in docs/CLI.md. A VMFS
+//! datastore is described by `datastore.rs` instead.
 
 use std::io::{self, Write};
 
@@ -56,6 +57,9 @@ struct InfoReport {
 
 /// Runs `vdr info`.
 pub fn run(args: &InfoArgs) -> Result<Status> {
+    if super::datastore::info_wants_datastore(args) {
+        return super::datastore::run_info(args);
+    }
     let chain = open(
         &args.image,
         &OpenRequest {

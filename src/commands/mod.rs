@@ -4,7 +4,10 @@
 mod check;
 mod compare;
 mod convert;
+mod datastore;
+mod extract;
 mod info;
+mod ls;
 mod map;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ pub fn run(command: Command) -> Result<Status> {
         Command::Check(args) => check::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Compare(args) => compare::run(&args),
+        Command::Ls(args) => ls::run(&args),
+        Command::Extract(args) => extract::run(&args),
     }
 }
 

@@ -1,0 +1,342 @@
+//! Helpers of tests/cli_vmfs.rs: the VMFS corpus (../shared/corpus/vmfs) and its oracle
+//! tables, the images expanded once per target directory, and images derived from them
+//! (a damaged copy, the volume inside an MBR or GPT disk).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::cli_support::vdr;
+
+pub const IMAGES: [&str; 3] = ["vmfs3", "vmfs5", "vmfs6"];
+
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/vmfs")
+}
+
+/// The corpus directory, or None after printing a `SKIP:` line for `test`.
+pub fn corpus(test: &str) -> Option<PathBuf> {
+    let dir = corpus_dir();
+    if dir.join("VOLUMES.tsv").is_file() && dir.join("EXPECTED.tsv").is_file() {
+        Some(dir)
+    } else {
+        println!("SKIP: {test}: no VMFS corpus at {}", dir.display());
+        None
+    }
+}
+
+/// Rows of a corpus TSV file as column-name → value maps.
+pub fn tsv(name: &str) -> Vec<BTreeMap<String, String>> {
+    let text = fs::read_to_string(corpus_dir().join(name)).expect("read corpus table");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split('\t'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+pub fn volume(image: &str) -> BTreeMap<String, String> {
+    tsv("VOLUMES.tsv")
+        .into_iter()
+        .find(|r| r["image"] == image)
+        .expect("image in VOLUMES.tsv")
+}
+
+pub fn expected(image: &str) -> Vec<BTreeMap<String, String>> {
+    tsv("EXPECTED.tsv")
+        .into_iter()
+        .filter(|r| r["image"] == image)
+        .collect()
+}
+
+pub fn is_system(path: &str) -> bool {
+    path.starts_with("/.") && path.split('/').nth(1).is_some_and(|n| n.ends_with(".sf"))
+}
+
+pub static EXPAND: Mutex<()> = Mutex::new(());
+
+/// The expanded, read-only image (expanded once per target directory).
+pub fn image(name: &str) -> PathBuf {
+    let _one_at_a_time = EXPAND.lock().unwrap_or_else(|e| e.into_inner());
+    let row = volume(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vmfs-corpus");
+    fs::create_dir_all(&dir).expect("corpus cache dir");
+    let gz = &row["gz_file"];
+    let path = dir.join(gz.trim_end_matches(".gz"));
+    let bytes: u64 = row["image_bytes"].parse().expect("image_bytes");
+    if fs::metadata(&path).is_ok_and(|m| m.len() == bytes) {
+        return path;
+    }
+    let partial = dir.join(format!("{gz}.{}.partial", std::process::id()));
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; gunzip -c \"$1\" | cp --sparse=always /dev/stdin \"$2\"")
+        .arg("bash")
+        .arg(corpus_dir().join(gz))
+        .arg(&partial)
+        .status()
+        .expect("run gunzip");
+    assert!(status.success(), "expanding {gz} failed");
+    let mut perms = fs::metadata(&partial).expect("expanded").permissions();
+    perms.set_readonly(true);
+    fs::set_permissions(&partial, perms).expect("chmod");
+    fs::rename(&partial, &path).expect("rename expanded image");
+    path
+}
+
+/// Size, mtime and ctime: any write through any descriptor changes them.
+pub fn stamp(path: &Path) -> (u64, i64, i64, i64, i64) {
+    let m = fs::metadata(path).expect("image metadata");
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+pub fn json(args: &[&std::ffi::OsStr]) -> Value {
+    let out = vdr().args(args).output().expect("run vdr");
+    assert!(
+        out.status.success(),
+        "vdr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json output is JSON")
+}
+
+pub fn os<T: AsRef<std::ffi::OsStr> + ?Sized>(s: &T) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// The LV offset of the FD of `path` in `img`.
+pub fn fd_offset(img: &Path, path: &str) -> u64 {
+    let listing = json(&[os("ls"), img.as_os_str(), os("-R"), os("--json")]);
+    listing
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["path"] == path)
+        .and_then(|e| e["fd_offset"].as_u64())
+        .expect("fd_offset")
+}
+
+/// A writable copy of vmfs5 in `dir` with `patches` (LV offset, bytes) written over it.
+pub fn patched_vmfs5(dir: &Path, name: &str, patches: &[(u64, Vec<u8>)]) -> PathBuf {
+    let img = image("vmfs5");
+    let copy = dir.join(name);
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let mut perms = fs::metadata(&copy).expect("copy").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(&copy, perms).expect("chmod");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .expect("open copy");
+    // The LV starts at partition + 0x1100000 in every corpus image.
+    for (offset, bytes) in patches {
+        file.write_all_at(bytes, LV_START + offset).expect("patch");
+    }
+    copy
+}
+
+/// Where the LV starts in every corpus image.
+pub const LV_START: u64 = 0x110_0000;
+
+/// A copy of vmfs5 whose /directory/file5 points at a block past the end of the volume:
+/// the VMFS5 block array is at FD + 0x400; an FB address (type 1) with a block number
+/// far past the 256 MiB volume.
+pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
+    let fd = fd_offset(&image("vmfs5"), "/directory/file5");
+    patched_vmfs5(
+        dir,
+        "damaged.bin",
+        &[(fd + 0x400, 0xFFFF_FFC1u32.to_le_bytes().to_vec())],
+    )
+}
+
+/// The live heartbeat slot of vmfs5 and the host owning it (VOLUMES.tsv notes).
+pub const VMFS5_HEARTBEAT: u64 = 0x37_b000;
+
+/// A copy of vmfs5 whose /directory/file5 is locked (exclusive) by the host whose
+/// heartbeat is live: the FD's disk lock holds the heartbeat address at +0x0C, the mode
+/// at +0x24 and the owner UUID at +0x28.
+pub fn locked_vmfs5(dir: &Path, owner: [u8; 16]) -> PathBuf {
+    let fd = fd_offset(&image("vmfs5"), "/directory/file5");
+    patched_vmfs5(
+        dir,
+        "locked.bin",
+        &[
+            (fd + 0x0C, VMFS5_HEARTBEAT.to_le_bytes().to_vec()),
+            (fd + 0x24, 1u32.to_le_bytes().to_vec()),
+            (fd + 0x28, owner.to_vec()),
+        ],
+    )
+}
+
+/// A copy of vmfs5 whose /directory holds `count` more entries (`f000000`, ...) pointing
+/// at the five existing files' FDs in turn, stored in 1 MiB file blocks from LV block 250
+/// (free in vmfs5): the directory's FD becomes FB-addressed. No FD is added, but listing
+/// it reads one FD per entry, as a real directory of that many files would
+/// (bench/vmfs-bigdir.py makes the same image).
+pub fn big_directory_vmfs5(dir: &Path, count: usize) -> PathBuf {
+    const ENTRY: usize = 0x8C;
+    const BLOCK: u64 = 1 << 20;
+    const FIRST_BLOCK: u64 = 250;
+    let img = image("vmfs5");
+    let listing = json(&[os("ls"), img.as_os_str(), os("/directory"), os("--json")]);
+    let listing = listing.as_array().expect("array");
+    let mut entries = Vec::with_capacity((count + listing.len()) * ENTRY);
+    let mut push = |kind: u32, fd: u64, name: &str| {
+        let mut entry = [0u8; ENTRY];
+        entry[0..4].copy_from_slice(&kind.to_le_bytes());
+        entry[4..8].copy_from_slice(&u32::try_from(fd).expect("fd").to_le_bytes());
+        entry[8..12].copy_from_slice(&1u32.to_le_bytes());
+        entry[12..12 + name.len()].copy_from_slice(name.as_bytes());
+        entries.extend_from_slice(&entry);
+    };
+    let mut files = Vec::new();
+    for e in listing {
+        let fd = e["fd_address"].as_u64().expect("fd_address");
+        let kind = if e["type"] == "symlink" { 4 } else { 3 };
+        push(kind, fd, e["name"].as_str().expect("name"));
+        if e["type"] == "file" {
+            files.push(fd);
+        }
+    }
+    for i in 0..count {
+        push(3, files[i % files.len()], &format!("f{i:06}"));
+    }
+    let length = entries.len() as u64;
+    let blocks = length.div_ceil(BLOCK);
+    let fd = fd_offset(&img, "/directory");
+    let meta = fd + 0x200;
+    let block_array: Vec<u8> = (0..256u64)
+        .flat_map(|b| {
+            let address = if b < blocks {
+                (u32::try_from(FIRST_BLOCK + b).expect("block") << 6) | 1
+            } else {
+                0
+            };
+            address.to_le_bytes()
+        })
+        .collect();
+    patched_vmfs5(
+        dir,
+        "bigdir.bin",
+        &[
+            (FIRST_BLOCK * BLOCK, entries),
+            (
+                meta + 0x14,
+                [length.to_le_bytes(), BLOCK.to_le_bytes()].concat(),
+            ),
+            (meta + 0x24, blocks.to_le_bytes().to_vec()),
+            (meta + 0x44, 1u32.to_le_bytes().to_vec()),
+            (meta + 0x89, vec![20]),
+            (fd + 0x400, block_array),
+        ],
+    )
+}
+
+/// CRC-32 (IEEE), for the GPT this test writes.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A disk image holding vmfs5 as partition 1 at 1 MiB, behind an MBR (type 0xfb) or a
+/// GPT (the VMFS type GUID).
+pub fn partitioned_vmfs5(dir: &Path, gpt: bool) -> PathBuf {
+    const SECTOR: u64 = 512;
+    let img = image("vmfs5");
+    let part_sectors = fs::metadata(&img).expect("image").len() / SECTOR;
+    let disk_sectors = 2048 + part_sectors + 2048;
+    let disk = dir.join(if gpt { "gpt.img" } else { "mbr.img" });
+    let status = Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=1M", "seek=1", "conv=sparse", "status=none"])
+        .status()
+        .expect("dd");
+    assert!(status.success());
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("disk");
+    file.set_len(disk_sectors * SECTOR).expect("size");
+    let mut mbr = [0u8; 512];
+    let entry = &mut mbr[446..462];
+    entry[4] = if gpt { 0xEE } else { 0xFB };
+    let (start, count) = if gpt {
+        (1u32, u32::try_from(disk_sectors - 1).unwrap_or(u32::MAX))
+    } else {
+        (2048, u32::try_from(part_sectors).expect("fits"))
+    };
+    entry[8..12].copy_from_slice(&start.to_le_bytes());
+    entry[12..16].copy_from_slice(&count.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    file.write_all_at(&mbr, 0).expect("mbr");
+    if gpt {
+        const VMFS_TYPE: [u8; 16] = [
+            0x2A, 0xE0, 0x31, 0xAA, 0x0F, 0x40, 0xDB, 0x11, 0x95, 0x90, 0x00, 0x0C, 0x29, 0x11,
+            0xD1, 0xB8,
+        ];
+        let mut entries = vec![0u8; 128 * 128];
+        entries[0..16].copy_from_slice(&VMFS_TYPE);
+        entries[16..32].copy_from_slice(&[7; 16]);
+        entries[32..40].copy_from_slice(&2048u64.to_le_bytes());
+        entries[40..48].copy_from_slice(&(2048 + part_sectors - 1).to_le_bytes());
+        let mut header = [0u8; 92];
+        header[0..8].copy_from_slice(b"EFI PART");
+        header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        header[12..16].copy_from_slice(&92u32.to_le_bytes());
+        header[24..32].copy_from_slice(&1u64.to_le_bytes());
+        header[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
+        header[40..48].copy_from_slice(&34u64.to_le_bytes());
+        header[48..56].copy_from_slice(&(disk_sectors - 34).to_le_bytes());
+        header[56..72].copy_from_slice(&[9; 16]);
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&128u32.to_le_bytes());
+        header[84..88].copy_from_slice(&128u32.to_le_bytes());
+        header[88..92].copy_from_slice(&crc32(&entries).to_le_bytes());
+        let crc = crc32(&header);
+        header[16..20].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&header, SECTOR).expect("gpt header");
+        file.write_all_at(&entries, 2 * SECTOR)
+            .expect("gpt entries");
+    }
+    disk
+}
