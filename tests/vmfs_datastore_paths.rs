@@ -58,7 +58,10 @@ fn chain_inside(version: Version, make: fn(&Path, &str, u64) -> std::io::Result<
 
     let info = vdr(dir.path(), &["info", "--json", &inside]);
     info.expect_code(0);
-    let chain = info.json()["layers"].as_array().cloned().unwrap_or_default();
+    let chain = info.json()["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(
         chain.len(),
         layers.len(),
