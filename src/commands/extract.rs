@@ -41,6 +41,8 @@ use crate::progress::Progress;
 
 /// Bytes read per request: large reads keep the copy at the device's streaming speed.
 const CHUNK: usize = 8 << 20;
+/// How far ahead of the chunk being copied reads are requested (a readahead hint).
+const READ_AHEAD: u64 = 32 << 20;
 /// How much of a file one `map` call covers (bounds the piece list of a huge thin file).
 const MAP_WINDOW: u64 = 1 << 30;
 
@@ -492,8 +494,14 @@ impl Writer<'_> {
                 match piece.kind {
                     PieceKind::Data(lv_at) => {
                         let mut copied = 0u64;
+                        lv.will_need(lv_at, piece.len.min(READ_AHEAD));
                         while copied < piece.len {
                             let n = (piece.len - copied).min(CHUNK as u64) as usize;
+                            // Keep the next chunks in flight while this one is written.
+                            let ahead = copied + READ_AHEAD;
+                            if ahead < piece.len {
+                                lv.will_need(lv_at + ahead, (CHUNK as u64).min(piece.len - ahead));
+                            }
                             let buf = &mut self.buffer[..n];
                             if let Err(e) = lv.read_exact_at(buf, lv_at + copied) {
                                 self.unreadable(entry, at + copied, n as u64, e.to_string())?;
