@@ -478,3 +478,30 @@ fn vmfs6_damaged_volumes_strict_errors_and_salvage_results() {
     directory_loop(Version::V6);
     impossible_size(Version::V6);
 }
+
+/// A damaged primary GPT (header and entries zeroed): the backup GPT at the end of the
+/// disk still names the VMFS partition.
+#[test]
+fn backup_gpt_is_used_when_the_primary_is_damaged() {
+    for version in [Version::V5, Version::V6] {
+        let mut s = Spec::new(version, "backup", 64 * MIB);
+        s.partitioning = Partitioning::Gpt;
+        s.files.push(FileSpec::file("/f", pattern(3000, 1)));
+        let b = built(&s);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&b.img)
+                .unwrap();
+            f.write_all_at(&[0u8; 33 * 512], 512).unwrap();
+        }
+        let v = open(&b.img, ParseMode::Strict).unwrap();
+        assert_eq!(v.devices()[0].located, vmfs::Located::Gpt(1));
+        assert_eq!(v.devices()[0].partition_offset, b.manifest.partition_offset);
+        assert_eq!(
+            file_sha(&v, "/f").unwrap(),
+            b.manifest.entry("/f").unwrap().sha256
+        );
+    }
+}
