@@ -242,9 +242,10 @@ fn found_through_mbr_gpt_or_bare() {
     }
 }
 
-/// A wiped partition table: the signature scan still finds the volume.
-fn wiped_table(version: Version) {
-    let mut s = Spec::new(version, "wiped", 64 * MIB);
+/// A GPT-partitioned volume with `len` bytes zeroed at `at`, opened strictly: it must
+/// still be found (as `located`) and read.
+fn gpt_volume_zeroed_at(version: Version, at: u64, len: usize, located: vmfs::Located) {
+    let mut s = Spec::new(version, "gpt", 64 * MIB);
     s.partitioning = Partitioning::Gpt;
     s.files.push(FileSpec::file("/f", pattern(3000, 1)));
     let b = built(&s);
@@ -254,15 +255,20 @@ fn wiped_table(version: Version) {
             .write(true)
             .open(&b.img)
             .unwrap();
-        f.write_all_at(&[0u8; 34 * 512], 0).unwrap();
+        f.write_all_at(&vec![0u8; len], at).unwrap();
     }
     let v = open(&b.img, ParseMode::Strict).unwrap();
-    assert_eq!(v.devices()[0].located, vmfs::Located::ScanLvm);
+    assert_eq!(v.devices()[0].located, located);
     assert_eq!(v.devices()[0].partition_offset, b.manifest.partition_offset);
     assert_eq!(
         file_sha(&v, "/f").unwrap(),
         b.manifest.entry("/f").unwrap().sha256
     );
+}
+
+/// A wiped partition table: the signature scan still finds the volume.
+fn wiped_table(version: Version) {
+    gpt_volume_zeroed_at(version, 0, 34 * 512, vmfs::Located::ScanLvm);
 }
 
 #[test]
@@ -484,24 +490,6 @@ fn vmfs6_damaged_volumes_strict_errors_and_salvage_results() {
 #[test]
 fn backup_gpt_is_used_when_the_primary_is_damaged() {
     for version in [Version::V5, Version::V6] {
-        let mut s = Spec::new(version, "backup", 64 * MIB);
-        s.partitioning = Partitioning::Gpt;
-        s.files.push(FileSpec::file("/f", pattern(3000, 1)));
-        let b = built(&s);
-        {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&b.img)
-                .unwrap();
-            f.write_all_at(&[0u8; 33 * 512], 512).unwrap();
-        }
-        let v = open(&b.img, ParseMode::Strict).unwrap();
-        assert_eq!(v.devices()[0].located, vmfs::Located::Gpt(1));
-        assert_eq!(v.devices()[0].partition_offset, b.manifest.partition_offset);
-        assert_eq!(
-            file_sha(&v, "/f").unwrap(),
-            b.manifest.entry("/f").unwrap().sha256
-        );
+        gpt_volume_zeroed_at(version, 512, 33 * 512, vmfs::Located::Gpt(1));
     }
 }

@@ -32,12 +32,12 @@ use super::datastore::{
     has_errors, live_heartbeats, lock_holder, open_volume, print_findings, symlink_target,
     type_name, LockHolder,
 };
-use super::ls::normalise;
 use super::Status;
 use crate::cli::{usage_error, ExtractArgs};
 use crate::interrupt;
 use crate::output::{binary_size, print_json, print_line};
 use crate::progress::Progress;
+use vdr_formats::vmfs::normalise;
 
 /// Bytes read per request: large reads keep the copy at the device's streaming speed.
 const CHUNK: usize = 8 << 20;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use serde::Serialize;
-use vdr_formats::vmfs::{FileDescriptor, FileType, Volume, WalkEntry};
+use vdr_formats::vmfs::{join, normalise, FileDescriptor, FileType, Volume, WalkEntry};
 use vdr_formats::{Finding, ParseMode, Severity};
 
 use super::datastore::{
@@ -230,23 +230,6 @@ fn mode_text(kind: &str, mode: u32) -> String {
         text.push(if bits & 1 != 0 { 'x' } else { '-' });
     }
     text
-}
-
-/// `"a//b/"` → `"/a/b"`, as the volume names paths.
-pub fn normalise(path: &str) -> String {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    format!("/{}", parts.join("/"))
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir == "/" {
-        format!("/{name}")
-    } else {
-        format!("{dir}/{name}")
-    }
 }
 
 #[cfg(test)]

@@ -434,7 +434,8 @@ pub fn split_datastore_path(arg: &str) -> Option<(&str, &str)> {
     (!ds.is_empty()).then_some((ds, if path.is_empty() { "/" } else { path }))
 }
 
-fn normalise(path: &str) -> String {
+/// `"a//b/./"` → `"/a/b"`: a path as the volume names it.
+pub fn normalise(path: &str) -> String {
     let parts: Vec<&str> = path
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")
@@ -442,7 +443,8 @@ fn normalise(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-fn join(dir: &str, name: &str) -> String {
+/// The path of `name` inside directory `dir`.
+pub fn join(dir: &str, name: &str) -> String {
     if dir == "/" {
         format!("/{name}")
     } else {
