@@ -18,14 +18,19 @@ with open(image, "rb") as f:
         if not chunk:
             break
         for m in re.finditer(rb"[^\0](?:[^\0]|\0{1,15}(?=[^\0]))*", chunk):
-            run = m.group()
-            # A long run of one repeated byte (stale to-be-zeroed data, a full bitmap) is
-            # cut to 4 KiB: the parsers never look further into it, and inputs stay small.
-            if len(run) > 4096 and run.count(run[:1]) == len(run):
-                run = run[:4096]
-            for i in range(0, len(run), 0xFFFF):
-                piece = run[i : i + 0xFFFF]
-                parts.append(struct.pack("<IH", at + m.start() + i, len(piece)) + piece)
+            # Stretches of one repeated byte (stale to-be-zeroed data, full bitmaps) keep
+            # only their first 4 KiB: the parsers never look further into them, and the
+            # inputs stay small.
+            pieces, start = [], 0
+            for r in re.finditer(rb"(.)\1{4096,}", m.group(), re.DOTALL):
+                pieces.append((start, r.start() + 4096))
+                start = r.end()
+            pieces.append((start, len(m.group())))
+            for lo, hi in pieces:
+                run = m.group()[lo:hi]
+                for i in range(0, len(run), 0xFFFF):
+                    piece = run[i : i + 0xFFFF]
+                    parts.append(struct.pack("<IH", at + m.start() + lo + i, len(piece)) + piece)
         at += len(chunk)
 with open(out, "wb") as f:
     f.write(b"".join(parts))
