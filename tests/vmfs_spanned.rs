@@ -5,6 +5,8 @@
 //! missing, salvage mode reads what the head device holds and marks exactly the missing
 //! extent's ranges unreadable; without the head device nothing can be read.
 
+#[path = "../fixtures/tests/vmfs6_oracles/mod.rs"]
+mod vmfs6_oracles;
 #[path = "../fixtures/tests/vmfs_oracles/mod.rs"]
 mod vmfs_oracles;
 
@@ -12,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vdr_fixtures::vmfs::{build_spanned, EntryKind, Manifest};
+use vdr_fixtures::vmfs::{build_spanned, EntryKind, Manifest, Spec};
 use vdr_formats::source::{FileSource, Source, SourceRef};
 use vdr_formats::vmfs::{self, PieceKind};
 use vdr_formats::{ParseMode, Severity};
@@ -27,13 +29,17 @@ struct Built {
 }
 
 fn built() -> Built {
+    built_from(&spanned_spec())
+}
+
+fn built_from(spec: &Spec) -> Built {
     let dir = tempfile::tempdir().expect("tempdir");
     let devs: Vec<PathBuf> = ["head.img", "second.img"]
         .iter()
         .map(|n| dir.path().join(n))
         .collect();
     let refs: Vec<&Path> = devs.iter().map(|p| p.as_path()).collect();
-    let m = build_spanned(&spanned_spec(), &refs).expect("the builder writes both devices");
+    let m = build_spanned(spec, &refs).expect("the builder writes both devices");
     Built { _dir: dir, devs, m }
 }
 
@@ -281,4 +287,43 @@ fn without_the_head_device_nothing_opens() {
         );
         assert!(err.contains("nothing can be read"), "{mode:?}: {err}");
     }
+}
+
+/// VMFS6: the same with both devices, and without the second one the LFB file that
+/// lives there maps to one unreadable piece while the head's files read.
+#[test]
+fn vmfs6_spanned_volume_reads_and_names_its_missing_extent() {
+    let b = built_from(&vmfs6_oracles::spanned_spec6());
+    let (head, second) = (&b.devs[0], &b.devs[1]);
+    for order in [[head, second], [second, head]] {
+        let volume = open(&order, ParseMode::Strict).expect("vdr opens the spanned volume");
+        assert!(volume.findings().is_empty(), "{:?}", volume.findings());
+        assert_reads_like_manifest(&volume, &b.m);
+    }
+    let err = open(&[head], ParseMode::Strict)
+        .err()
+        .expect("strict refuses");
+    let msg = err.to_string();
+    assert!(msg.contains("LV bytes 0x10000000..0x40000000"), "{msg}");
+    assert!(msg.contains(&b.m.devices[1].sd_name), "{msg}");
+    let volume = open(&[head], ParseMode::Salvage).expect("salvage opens");
+    for path in ["/small.txt", "/head.bin"] {
+        let f = volume.open_file(path).expect("open");
+        let data = read_all(&f).expect("a head file reads");
+        assert_eq!(
+            sha_hex(&data),
+            b.m.entry(path).expect("entry").sha256,
+            "{path}"
+        );
+    }
+    let f = volume
+        .open_file("/vm/lfb-flat.vmdk")
+        .expect("open lfb file");
+    let pieces = f.map(0, f.len()).expect("map");
+    assert_eq!(pieces.len(), 1, "{pieces:?}");
+    assert_eq!(pieces[0].len, 512 * MIB);
+    assert!(
+        matches!(&pieces[0].kind, PieceKind::Unreadable(why) if why.contains("missing extent")),
+        "{pieces:?}"
+    );
 }
