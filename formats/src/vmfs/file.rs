@@ -296,10 +296,34 @@ impl Volume {
         }
         let len = len.min(natural - within);
         match lv_base.and_then(|b| b.checked_add(within)) {
-            Some(lv) if lv.checked_add(len).is_some_and(|end| end <= self.lv.len()) => Ok(Piece {
-                len,
-                kind: PieceKind::Data(lv),
-            }),
+            Some(lv) if lv.checked_add(len).is_some_and(|end| end <= self.lv.len()) => {
+                // A spanned volume opened without one of its devices: the block is on
+                // the missing extent (lvm.rs names which).
+                match self.lv.locate(lv) {
+                    Some((None, left)) => {
+                        let why =
+                            format!("on the missing extent: {}", self.lv.missing_description(lv));
+                        self.finding(
+                            Severity::Error,
+                            "LVM volume",
+                            fd.lv_offset,
+                            format!("FD {:#x} has blocks {why}", fd.address),
+                        );
+                        Ok(Piece {
+                            len: len.min(left),
+                            kind: PieceKind::Unreadable(why),
+                        })
+                    }
+                    Some((Some(_), left)) => Ok(Piece {
+                        len: len.min(left),
+                        kind: PieceKind::Data(lv),
+                    }),
+                    None => Ok(Piece {
+                        len,
+                        kind: PieceKind::Data(lv),
+                    }),
+                }
+            }
             _ => {
                 let why = format!("{addr} lies outside the {}-byte volume", self.lv.len());
                 self.finding(

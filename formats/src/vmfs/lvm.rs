@@ -228,6 +228,10 @@ pub struct LogicalVolume {
     devices: Vec<SourceRef>,
     runs: Vec<Run>,
     size: u64,
+    /// The first LV byte each given device holds (from its PE table).
+    device_starts: Vec<Option<u64>>,
+    /// What each missing run is: (its first LV byte, description).
+    missing_names: Vec<(u64, String)>,
 }
 
 impl LogicalVolume {
@@ -239,16 +243,20 @@ impl LogicalVolume {
         devices: Vec<(SourceRef, u64, DeviceHeader)>,
     ) -> LogicalVolume {
         let mut pieces = Vec::new();
+        let mut device_starts = Vec::new();
         for (i, (_, partition, header)) in devices.iter().enumerate() {
             let vid = header.volume.as_ref().map(|v| v.volume_id);
+            let mut start: Option<u64> = None;
             for pe in &header.extents {
                 if Some(pe.volume_id) != vid || pe.length == 0 {
                     continue;
                 }
                 if let Some(at) = partition.checked_add(pe.physical) {
                     pieces.push((pe.logical, pe.length, i, at));
+                    start = Some(start.map_or(pe.logical, |s| s.min(pe.logical)));
                 }
             }
+            device_starts.push(start);
         }
         pieces.sort_by_key(|p| p.0);
         let mut runs: Vec<Run> = Vec::new();
@@ -294,11 +302,68 @@ impl LogicalVolume {
                 target: None,
             });
         }
-        LogicalVolume {
+        let mut lv = LogicalVolume {
             name,
             devices: devices.into_iter().map(|d| d.0).collect(),
             runs,
             size,
+            device_starts,
+            missing_names: Vec::new(),
+        };
+        lv.name_missing(0, &[]);
+        lv
+    }
+
+    /// Describes each missing run for messages: its LV range and, when every missing
+    /// run is one device (as many runs as devices not given), which device it is in LV
+    /// order out of `num_devices` (LVM numDevs) and the head device's SD-table entry of
+    /// that number (`sd_names`). The devices of a volume hold consecutive PE ranges in
+    /// device order (dissect `lvm.py` `Volume.is_valid`); the SD table lists the
+    /// devices' names (dissect reads numDevs of them) but no other device's UUID is
+    /// recorded anywhere the open readers know of.
+    pub fn name_missing(&mut self, num_devices: u32, sd_names: &[String]) {
+        let missing: Vec<(u64, u64)> = self.missing().map(|r| (r.logical, r.length)).collect();
+        let given = self.device_starts.len();
+        let one_each =
+            num_devices > 0 && (num_devices as usize).saturating_sub(given) == missing.len();
+        self.missing_names = missing
+            .iter()
+            .enumerate()
+            .map(|(k, &(start, len))| {
+                let end = start.saturating_add(len);
+                let who = if one_each {
+                    let before = self
+                        .device_starts
+                        .iter()
+                        .filter(|s| s.is_some_and(|s| s < start))
+                        .count();
+                    let n = before + k;
+                    let name = match sd_names.get(n).filter(|s| !s.is_empty()) {
+                        Some(s) => format!(", SD table entry {}: \"{s}\"", n + 1),
+                        None => {
+                            ", its name is recorded only in the head device's SD table".to_string()
+                        }
+                    };
+                    let head = if n == 0 {
+                        ", the head device (first PE 0), which holds the file-system metadata"
+                    } else {
+                        ""
+                    };
+                    format!("device {} of {num_devices}{head}{name}", n + 1)
+                } else {
+                    "a device that was not given".to_string()
+                };
+                (start, format!("LV bytes {start:#x}..{end:#x} (on {who})"))
+            })
+            .collect();
+    }
+
+    /// What the missing run holding LV offset `at` is (see [`Self::name_missing`]).
+    pub fn missing_description(&self, at: u64) -> String {
+        let i = self.missing_names.partition_point(|(s, _)| *s <= at);
+        match i.checked_sub(1).and_then(|i| self.missing_names.get(i)) {
+            Some((_, why)) => why.clone(),
+            None => format!("LV byte {at:#x} (on a device that was not given)"),
         }
     }
 
@@ -313,6 +378,8 @@ impl LogicalVolume {
                 target: Some((0, at)),
             }],
             size,
+            device_starts: vec![Some(0)],
+            missing_names: Vec::new(),
         }
     }
 
@@ -394,10 +461,10 @@ impl Source for LogicalVolume {
                 }
                 None => {
                     return Err(io::Error::other(format!(
-                    "{}: volume bytes {at:#x}..{:#x} lie on an extent (device) that was not given",
-                    self.name,
-                    at + left
-                )))
+                        "{}: the volume's extent {} was not given",
+                        self.name,
+                        self.missing_description(at)
+                    )))
                 }
             }
             done += n;

@@ -148,31 +148,38 @@ pub fn open(devices: &[SourceRef], mode: ParseMode) -> Result<Arc<Volume>, Error
             }
             let given = parts.len();
             let expected = v.num_devices.max(1);
-            let lv = LogicalVolume::assemble(name.clone(), v.logical_size, parts);
-            if lv.missing().next().is_some() || (given as u32) < expected {
-                let names = members[0]
-                    .2
-                    .as_ref()
-                    .map(|h| h.device_names.join(", "))
-                    .unwrap_or_default();
-                let ranges: Vec<String> = lv
+            let names = members[0]
+                .2
+                .as_ref()
+                .map(|h| h.device_names.clone())
+                .unwrap_or_default();
+            let mut lv = LogicalVolume::assemble(name.clone(), v.logical_size, parts);
+            lv.name_missing(expected, &names);
+            // Only the head device (first PE 0, dissect's "devZero") has the volume's
+            // start, where the FS descriptor and every system file live (research/
+            // vmfs-recovery.md §5): without it there is nothing to open, in any mode.
+            let head_missing = v.first_pe != 0;
+            if lv.missing().next().is_some() || (given as u32) < expected || head_missing {
+                let mut missing: Vec<String> = lv
                     .missing()
-                    .map(|r| format!("{:#x}..{:#x}", r.logical, r.logical + r.length))
+                    .map(|r| lv.missing_description(r.logical))
                     .collect();
-                let missing = format!(
-                    "LV ranges {} (the volume's devices: {})",
-                    if ranges.is_empty() {
-                        "none".to_string()
-                    } else {
-                        ranges.join(", ")
-                    },
-                    if names.is_empty() {
-                        "not recorded".to_string()
-                    } else {
-                        names
-                    }
-                );
-                if mode == ParseMode::Strict {
+                if missing.is_empty() {
+                    missing.push("no LV range (the PE tables cover the volume)".into());
+                }
+                let mut missing = missing.join("; ");
+                if !names.is_empty() {
+                    missing.push_str(&format!(
+                        "; the head device's SD table names the volume's devices: {}",
+                        names.join(", ")
+                    ));
+                }
+                if head_missing {
+                    missing.push_str(
+                        "; without the head device nothing can be read (carve the given devices instead)",
+                    );
+                }
+                if mode == ParseMode::Strict || head_missing {
                     return Err(Error::MissingExtents {
                         volume: name,
                         expected,
@@ -180,7 +187,15 @@ pub fn open(devices: &[SourceRef], mode: ParseMode) -> Result<Arc<Volume>, Error
                         missing,
                     });
                 }
-                findings.push(finding(&name, 0, "LVM volume", Severity::Error, format!("the volume spans {expected} devices, {given} given: {missing} are unreadable")));
+                findings.push(finding(
+                    &name,
+                    0,
+                    "LVM volume",
+                    Severity::Error,
+                    format!(
+                        "the volume spans {expected} devices, {given} given; unreadable: {missing}"
+                    ),
+                ));
             }
             (lv, used)
         }
