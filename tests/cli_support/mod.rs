@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,10 +32,20 @@ pub fn sparse_raw(path: &Path, size: u64, writes: &[(u64, &[u8])]) {
     }
 }
 
-/// Lowercase hex sha256 of a file.
+/// Lowercase hex sha256 of a file, read in pieces (images may be gigabytes).
 pub fn sha256(path: &Path) -> String {
-    let bytes = fs::read(path).expect("read for hashing");
-    Sha256::digest(&bytes)
+    let mut file = fs::File::open(path).expect("open for hashing");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read for hashing");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hasher
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
