@@ -274,6 +274,16 @@ fn strict_refuses(args: &[&std::ffi::OsStr], names: &[&str]) {
     }
 }
 
+/// `vdr extract IMG PATH OUT` exits 2 naming each of `names`, and writes no OUT.
+fn strict_extract_refuses(b: &Built, path: &str, names: &[&str]) {
+    let out = b.dir.path().join("strict");
+    strict_refuses(
+        &[os("extract"), b.img.as_os_str(), os(path), out.as_os_str()],
+        names,
+    );
+    assert!(!out.exists(), "strict extraction left a file");
+}
+
 /// `vdr extract IMG --all OUT --salvage --json`: the report, and OUT. The exit code is
 /// the documented one: 1 when a range was written as zeros or a finding is an error,
 /// else 0.
@@ -362,28 +372,34 @@ fn salvaged_files_are_right(b: &Built, report: &Value, out: &Path, required: &[&
     }
 }
 
-fn zeroed_fs_descriptor(version: Version) {
-    let b = damaged(version, VmfsDamage::ZeroedFsDescriptor);
+/// Damage salvage reads past: strict `ls ARGS` exits 2 naming each of `names`; salvage
+/// reports a finding naming `names[0]` (from `ls` and `extract`), and every file comes
+/// out right.
+fn refused_strict_and_salvaged(version: Version, damage: VmfsDamage, ls: &[&str], names: &[&str]) {
+    let b = damaged(version, damage);
+    let mut args = vec![os("ls"), b.img.as_os_str()];
+    args.extend(ls.iter().map(os));
 
-    strict_refuses(&[os("ls"), b.img.as_os_str()], &["FS descriptor"]);
+    strict_refuses(&args, names);
     let stderr = salvage_ls(&b);
     let (report, out) = salvage_extract(&b);
 
-    assert!(stderr.contains("FS descriptor"), "{stderr}");
-    assert!(has_finding(&report, "FS descriptor"), "{report}");
+    assert!(stderr.contains(names[0]), "{stderr}");
+    assert!(has_finding(&report, names[0]), "{report}");
     salvaged_files_are_right(&b, &report, &out, &["/vm/vm-flat.vmdk", "/vm/notes.txt"]);
 }
 
+fn zeroed_fs_descriptor(version: Version) {
+    refused_strict_and_salvaged(
+        version,
+        VmfsDamage::ZeroedFsDescriptor,
+        &[],
+        &["FS descriptor"],
+    );
+}
+
 fn zeroed_fdc_header(version: Version) {
-    let b = damaged(version, VmfsDamage::ZeroedFdcHeader);
-
-    strict_refuses(&[os("ls"), b.img.as_os_str()], &[".fdc.sf"]);
-    let stderr = salvage_ls(&b);
-    let (report, out) = salvage_extract(&b);
-
-    assert!(stderr.contains(".fdc.sf"), "{stderr}");
-    assert!(has_finding(&report, ".fdc.sf"), "{report}");
-    salvaged_files_are_right(&b, &report, &out, &["/vm/vm-flat.vmdk", "/vm/notes.txt"]);
+    refused_strict_and_salvaged(version, VmfsDamage::ZeroedFdcHeader, &[], &[".fdc.sf"]);
 }
 
 /// Sub-block data is unreadable without `.sbc.sf`: never written as other bytes.
@@ -411,15 +427,10 @@ fn pointer_block_outside_the_volume(version: Version) {
         version,
         VmfsDamage::PointerBlockOutsideVolume { path: path.into() },
     );
-    let one = b.dir.path().join("one");
 
-    strict_refuses(
-        &[os("extract"), b.img.as_os_str(), os(path), one.as_os_str()],
-        &[path, "outside"],
-    );
+    strict_extract_refuses(&b, path, &[path, "outside"]);
     let (report, out) = salvage_extract(&b);
 
-    assert!(!one.exists(), "strict extraction left a file");
     let unreadable = report["unreadable"].as_array().expect("unreadable");
     assert_eq!(unreadable.len(), 1, "{report}");
     assert_eq!(unreadable[0]["path"], path);
@@ -437,23 +448,10 @@ fn pointer_block_outside_the_volume(version: Version) {
 }
 
 fn directory_loop(version: Version) {
-    let b = damaged(
-        version,
-        VmfsDamage::DirectoryLoop {
-            child: "/vm/sub".into(),
-        },
-    );
-
-    strict_refuses(
-        &[os("ls"), b.img.as_os_str(), os("-R")],
-        &["directory loop", "/vm/sub"],
-    );
-    let stderr = salvage_ls(&b);
-    let (report, out) = salvage_extract(&b);
-
-    assert!(stderr.contains("directory loop"), "{stderr}");
-    assert!(has_finding(&report, "directory loop"), "{report}");
-    salvaged_files_are_right(&b, &report, &out, &["/vm/vm-flat.vmdk", "/vm/notes.txt"]);
+    let damage = VmfsDamage::DirectoryLoop {
+        child: "/vm/sub".into(),
+    };
+    refused_strict_and_salvaged(version, damage, &["-R"], &["directory loop", "/vm/sub"]);
 }
 
 fn impossible_file_size(version: Version) {
@@ -462,12 +460,8 @@ fn impossible_file_size(version: Version) {
         version,
         VmfsDamage::ImpossibleFileSize { path: path.into() },
     );
-    let one = b.dir.path().join("one");
 
-    strict_refuses(
-        &[os("extract"), b.img.as_os_str(), os(path), one.as_os_str()],
-        &["maps at most"],
-    );
+    strict_extract_refuses(&b, path, &["maps at most"]);
     let (report, out) = salvage_extract(&b);
 
     assert!(has_finding(&report, "cut"), "{report}");

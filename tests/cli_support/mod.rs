@@ -5,13 +5,11 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use sha2::{Digest, Sha256};
 
 /// A `vdr` command ready for arguments.
 pub fn vdr() -> assert_cmd::Command {
@@ -32,23 +30,9 @@ pub fn sparse_raw(path: &Path, size: u64, writes: &[(u64, &[u8])]) {
     }
 }
 
-/// Lowercase hex sha256 of a file, read in pieces (images may be gigabytes).
+/// Lowercase hex sha256 of a file.
 pub fn sha256(path: &Path) -> String {
-    let mut file = fs::File::open(path).expect("open for hashing");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("read for hashing");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    vdr_fixtures::sha256_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Content hash and modification time of each input, to prove a command left them alone.
