@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use synthetic::{built, Built};
+use synthetic::{built, locked_volume, Built, LOCKED_PATH, LOCK_HOST_MAC, LOCK_HOST_UUID};
 use vdr_fixtures::vmfs::{
     damage_spec, feature_spec, Data, EntryKind, FileSpec, Layout, Manifest, Partitioning, Spec,
     Version,
@@ -207,24 +207,14 @@ fn wiped_partition_table_is_found_by_scanning() {
 }
 
 fn lock_holder(version: Version) {
-    let mut s = Spec::new(version, "locked", 64 * MIB);
-    s.files
-        .push(FileSpec::file("/vm/vm-flat.vmdk", pattern(MIB, 1)));
-    let host = [
-        0x11, 0, 0, 0, 0x22, 0, 0, 0, 0x33, 0, 0x00, 0x0c, 0x29, 0xaa, 0xbb, 0xcc,
-    ];
-    s.lock_holder = Some(vdr_fixtures::vmfs::LockHolder {
-        host_uuid: host,
-        locked_paths: vec!["/vm/vm-flat.vmdk".into()],
-    });
-    let b = built(&s);
+    let b = locked_volume(version);
     let v = open(&b.img, ParseMode::Strict).unwrap();
     let live: Vec<_> = v.heartbeats().into_iter().filter(|h| h.live).collect();
     assert_eq!(live.len(), 1, "one live heartbeat");
-    assert_eq!(live[0].owner.mac(), "00:0c:29:aa:bb:cc");
-    let fd = v.lookup("/vm/vm-flat.vmdk").unwrap();
+    assert_eq!(live[0].owner.mac(), LOCK_HOST_MAC);
+    let fd = v.lookup(LOCKED_PATH).unwrap();
     assert!(fd.lock.is_held(), "the FD lock is held");
-    assert_eq!(fd.lock.owner.0, host);
+    assert_eq!(fd.lock.owner.0, LOCK_HOST_UUID);
     assert!(!v.lookup("/").unwrap().lock.is_held());
 }
 

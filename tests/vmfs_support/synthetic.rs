@@ -28,6 +28,10 @@ pub const LOCKED_PATH: &str = "/vm/vm-flat.vmdk";
 /// The host [`locked_volume`] names, as VMFS prints it, and its MAC address.
 pub const LOCK_HOST: &str = "61137d5a-a2df8778-7ed5-000c29801686";
 pub const LOCK_HOST_MAC: &str = "00:0c:29:80:16:86";
+/// [`LOCK_HOST`] as stored on disk.
+pub const LOCK_HOST_UUID: [u8; 16] = [
+    0x5a, 0x7d, 0x13, 0x61, 0x78, 0x87, 0xdf, 0xa2, 0xd5, 0x7e, 0x00, 0x0c, 0x29, 0x80, 0x16, 0x86,
+];
 
 /// A volume whose [`LOCKED_PATH`] (8193 bytes) is locked by the host [`LOCK_HOST`],
 /// whose heartbeat is live.
@@ -38,10 +42,7 @@ pub fn locked_volume(version: Version) -> Built {
         Data::Pattern { len: 8193, seed: 1 },
     ));
     spec.lock_holder = Some(LockHolder {
-        host_uuid: [
-            0x5a, 0x7d, 0x13, 0x61, 0x78, 0x87, 0xdf, 0xa2, 0xd5, 0x7e, 0x00, 0x0c, 0x29, 0x80,
-            0x16, 0x86,
-        ],
+        host_uuid: LOCK_HOST_UUID,
         locked_paths: vec![LOCKED_PATH.to_string()],
     });
     built(&spec)
