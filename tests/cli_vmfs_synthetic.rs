@@ -429,7 +429,18 @@ fn pointer_block_outside_the_volume(version: Version) {
     );
 
     strict_extract_refuses(&b, path, &[path, "outside"]);
+    let listed = vdr()
+        .arg("ls")
+        .arg(&b.img)
+        .arg("-lR")
+        .output()
+        .expect("run");
     let (report, out) = salvage_extract(&b);
+
+    assert!(
+        listed.status.success(),
+        "the FD itself is intact: ls lists it"
+    );
 
     let unreadable = report["unreadable"].as_array().expect("unreadable");
     assert_eq!(unreadable.len(), 1, "{report}");
@@ -462,8 +473,14 @@ fn impossible_file_size(version: Version) {
     );
 
     strict_extract_refuses(&b, path, &["maps at most"]);
+    strict_refuses(
+        &[os("ls"), b.img.as_os_str(), os("-lR")],
+        &["bad file descriptor", "maps at most"],
+    );
+    let stderr = salvage_ls(&b);
     let (report, out) = salvage_extract(&b);
 
+    assert!(stderr.contains("cut"), "{stderr}");
     assert!(has_finding(&report, "cut"), "{report}");
     // Cut to what the address type maps (far past the data): the real content, then
     // holes. Truncated to its real length, it reads like the manifest.
