@@ -1,7 +1,8 @@
 //! `vdr extract` on the real VMFS3/5/6 images of ../shared/corpus/vmfs, against that
 //! corpus' oracle table EXPECTED.tsv (every entry's type, size and sha256 from vmfs-tools
-//! and dissect.vmfs), on damaged and locked copies, and the output-safety rules. Tests
-//! print a `SKIP:` line when the corpus is absent.
+//! and dissect.vmfs), on a damaged copy, and the output-safety rules. Tests print a
+//! `SKIP:` line when the corpus is absent. The locked file is on a volume from the
+//! fixture builder (vdr_fixtures::vmfs).
 //!
 //! The images are expanded (sparse) once into the target's test tmpdir and shared by the
 //! tests; each test proves they were not written (size, mtime and ctime unchanged), and
@@ -16,9 +17,10 @@ use std::path::Path;
 
 use cli_support::{sha256, vdr};
 use serde_json::Value;
+use vdr_fixtures::vmfs::Version;
+use vmfs_support::synthetic::{locked_volume, LOCKED_PATH, LOCK_HOST_MAC};
 use vmfs_support::{
-    corpus, damaged_vmfs5, expected, image, is_system, json, locked_vmfs5, os, stamp, volume,
-    IMAGES,
+    corpus, damaged_vmfs5, expected, image, is_system, json, os, stamp, volume, IMAGES,
 };
 
 #[test]
@@ -350,17 +352,13 @@ fn salvage_fills_an_unreadable_block_with_zeros_and_exits_1() {
 
 #[test]
 fn extract_warns_about_a_file_a_host_holds_locked() {
-    if corpus("extract_locked").is_none() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let img = locked_vmfs5(dir.path(), [0x5A; 16]);
-    let out = dir.path().join("file5");
+    let b = locked_volume(Version::V5);
+    let out = b.dir.path().join("flat");
 
     let run = vdr()
         .arg("extract")
-        .arg(&img)
-        .arg("/directory/file5")
+        .arg(&b.img)
+        .arg(LOCKED_PATH)
         .arg(&out)
         .arg("--json")
         .output()
@@ -368,10 +366,14 @@ fn extract_warns_about_a_file_a_host_holds_locked() {
 
     assert!(run.status.success());
     let report: Value = serde_json::from_slice(&run.stdout).expect("json");
-    assert_eq!(report["locked"][0]["path"], "/directory/file5", "{report}");
-    assert_eq!(report["locked"][0]["mac"], "5a:5a:5a:5a:5a:5a");
+    assert_eq!(report["locked"][0]["path"], LOCKED_PATH, "{report}");
+    assert_eq!(report["locked"][0]["mac"], LOCK_HOST_MAC);
+    assert_eq!(report["locked"][0]["heartbeat_live"], true);
     assert!(String::from_utf8_lossy(&run.stderr).contains("locked by host"));
-    assert_eq!(fs::metadata(&out).expect("written").len(), 8193);
+    assert_eq!(
+        sha256(&out),
+        b.manifest.entry(LOCKED_PATH).expect("entry").sha256
+    );
 }
 
 #[test]

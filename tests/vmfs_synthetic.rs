@@ -5,17 +5,21 @@
 //! variants (fixtures/src/vmfs_damage.rs): precise errors in strict mode, partial
 //! results with findings in salvage mode.
 
+#[path = "vmfs_support/synthetic.rs"]
+mod synthetic;
 #[path = "../fixtures/tests/vmfs6_oracles/mod.rs"]
 mod vmfs6_oracles;
 #[path = "../fixtures/tests/vmfs_oracles/mod.rs"]
 mod vmfs_oracles;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use synthetic::{built, locked_volume, Built, LOCKED_PATH, LOCK_HOST_MAC, LOCK_HOST_UUID};
 use vdr_fixtures::vmfs::{
-    build, Data, EntryKind, FileSpec, Layout, Manifest, Partitioning, Spec, Version,
+    damage_spec, feature_spec, Data, EntryKind, FileSpec, Layout, Manifest, Partitioning, Spec,
+    Version,
 };
 use vdr_fixtures::vmfs_damage::{apply, VmfsDamage};
 use vdr_formats::source::{FileSource, Source, SourceRef};
@@ -26,75 +30,6 @@ const MIB: u64 = 1 << 20;
 
 fn pattern(len: u64, seed: u64) -> Data {
     Data::Pattern { len, seed }
-}
-
-/// Every address type and feature the builder has for `version`.
-fn feature_spec(version: Version) -> Spec {
-    let mut s = Spec::new(version, "vdr synthetic", 640 * MIB);
-    let f = FileSpec::file;
-    s.files = vec![
-        f("/empty", Data::Bytes(Vec::new())),
-        f("/resident.txt", Data::Bytes(b"content\n".to_vec())).with_layout(Layout::Resident),
-        f("/vm/vm.vmdk", Data::Bytes(vec![b'd'; 300])),
-        f("/sub.bin", pattern(8192, 1)).with_layout(Layout::SubBlocks),
-        f("/fb.bin", pattern(8193, 3)).with_layout(Layout::FileBlocks),
-        f("/fb-multi.bin", pattern(2 * MIB + 17, 4)),
-        FileSpec {
-            holes: (0..6).filter(|b| ![0, 5].contains(b)).collect(),
-            ..f("/vm/vm-flat.vmdk", pattern(6 * MIB, 5)).with_layout(Layout::PointerBlocks)
-        },
-        f("/pb2.bin", pattern(MIB + 9, 7)).with_layout(Layout::Pb2),
-        FileSpec {
-            holes: vec![1],
-            ..f("/double.bin", pattern(2 * MIB + 1, 8)).with_layout(Layout::DoubleIndirect)
-        },
-        FileSpec {
-            holes: vec![1, 3],
-            ..f("/thin.bin", pattern(4 * MIB, 9)).with_layout(Layout::FileBlocks)
-        },
-        FileSpec {
-            tbz: vec![0, 2],
-            ..f("/tbz.bin", pattern(3 * MIB, 10)).with_layout(Layout::FileBlocks)
-        },
-        FileSpec {
-            fragmented: true,
-            ..f("/frag-a.bin", pattern(3 * MIB, 12)).with_layout(Layout::FileBlocks)
-        },
-        FileSpec {
-            fragmented: true,
-            holes: vec![0],
-            ..f("/frag-b.bin", pattern(2 * MIB + 1, 13)).with_layout(Layout::PointerBlocks)
-        },
-        FileSpec::symlink("/link", "resident.txt"),
-        FileSpec::dir("/empty-dir"),
-        f("/a/b/c/deep.txt", Data::Bytes(b"deep\n".to_vec())),
-    ];
-    if version == Version::V6 {
-        s.volume_size = 1536 * MIB;
-        s.files.push(
-            f("/vm/lfb-flat.vmdk", pattern(512 * MIB + 3 * MIB, 14))
-                .with_layout(Layout::LargeFileBlocks),
-        );
-    }
-    s.deleted.push(f("/vm/old-flat.vmdk", pattern(2 * MIB, 15)));
-    s
-}
-
-struct Built {
-    _dir: tempfile::TempDir,
-    img: PathBuf,
-    manifest: Manifest,
-}
-
-fn built(spec: &Spec) -> Built {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("volume.img");
-    let manifest = build(spec, &img).expect("the fixture builder writes the volume");
-    Built {
-        _dir: dir,
-        img,
-        manifest,
-    }
 }
 
 fn open(img: &Path, mode: ParseMode) -> Result<Arc<vmfs::Volume>, vmfs::Error> {
@@ -278,24 +213,14 @@ fn wiped_partition_table_is_found_by_scanning() {
 }
 
 fn lock_holder(version: Version) {
-    let mut s = Spec::new(version, "locked", 64 * MIB);
-    s.files
-        .push(FileSpec::file("/vm/vm-flat.vmdk", pattern(MIB, 1)));
-    let host = [
-        0x11, 0, 0, 0, 0x22, 0, 0, 0, 0x33, 0, 0x00, 0x0c, 0x29, 0xaa, 0xbb, 0xcc,
-    ];
-    s.lock_holder = Some(vdr_fixtures::vmfs::LockHolder {
-        host_uuid: host,
-        locked_paths: vec!["/vm/vm-flat.vmdk".into()],
-    });
-    let b = built(&s);
+    let b = locked_volume(version);
     let v = open(&b.img, ParseMode::Strict).unwrap();
     let live: Vec<_> = v.heartbeats().into_iter().filter(|h| h.live).collect();
     assert_eq!(live.len(), 1, "one live heartbeat");
-    assert_eq!(live[0].owner.mac(), "00:0c:29:aa:bb:cc");
-    let fd = v.lookup("/vm/vm-flat.vmdk").unwrap();
+    assert_eq!(live[0].owner.mac(), LOCK_HOST_MAC);
+    let fd = v.lookup(LOCKED_PATH).unwrap();
     assert!(fd.lock.is_held(), "the FD lock is held");
-    assert_eq!(fd.lock.owner.0, host);
+    assert_eq!(fd.lock.owner.0, LOCK_HOST_UUID);
     assert!(!v.lookup("/").unwrap().lock.is_held());
 }
 
@@ -306,22 +231,6 @@ fn live_heartbeat_and_lock_owner_are_reported() {
 }
 
 // ---- damaged variants ---------------------------------------------------------------
-
-fn damage_spec(version: Version) -> Spec {
-    let mut s = Spec::new(version, "damaged", 128 * MIB);
-    let f = FileSpec::file;
-    s.files = vec![
-        f(
-            "/vm/vm.vmdk",
-            Data::Bytes(b"# Disk DescriptorFile\n".to_vec()),
-        )
-        .with_layout(Layout::Resident),
-        f("/vm/vm-flat.vmdk", pattern(3 * MIB, 2)).with_layout(Layout::PointerBlocks),
-        f("/vm/notes.txt", pattern(5000, 3)).with_layout(Layout::SubBlocks),
-        f("/vm/sub/deeper.bin", pattern(MIB + 1, 4)).with_layout(Layout::FileBlocks),
-    ];
-    s
-}
 
 fn damaged(version: Version, damage: VmfsDamage) -> Built {
     let b = built(&damage_spec(version));

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use sha2::{Digest, Sha256};
 
 /// A `vdr` command ready for arguments.
 pub fn vdr() -> assert_cmd::Command {
@@ -33,11 +32,7 @@ pub fn sparse_raw(path: &Path, size: u64, writes: &[(u64, &[u8])]) {
 
 /// Lowercase hex sha256 of a file.
 pub fn sha256(path: &Path) -> String {
-    let bytes = fs::read(path).expect("read for hashing");
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    vdr_fixtures::sha256_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Content hash and modification time of each input, to prove a command left them alone.

@@ -6,14 +6,11 @@ pub mod case;
 pub mod vmdk;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The binary under test: `VDR_BIN` when set (to test an installed build), else the one
 /// cargo built for this test run.
@@ -90,21 +87,7 @@ pub fn vdr(dir: &Path, args: &[&str]) -> Run {
 
 /// Lower-case hex sha256 of a file's content.
 pub fn sha256_file(path: &Path) -> String {
-    let mut file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    vdr_fixtures::sha256_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// sha256 of every regular file under `dir` (recursively), by path.

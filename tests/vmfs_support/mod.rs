@@ -1,8 +1,11 @@
-//! Helpers of tests/cli_vmfs.rs: the VMFS corpus (../shared/corpus/vmfs) and its oracle
+//! Helpers of tests/cli_vmfs*.rs: the VMFS corpus (../shared/corpus/vmfs) and its oracle
 //! tables, the images expanded once per target directory, and images derived from them
-//! (a damaged copy, the volume inside an MBR or GPT disk).
+//! (a damaged copy, the volume inside an MBR or GPT disk); volumes from the fixture
+//! builder in [`synthetic`].
 
 #![allow(dead_code)]
+
+pub mod synthetic;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -174,89 +177,6 @@ pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
         dir,
         "damaged.bin",
         &[(fd + 0x400, 0xFFFF_FFC1u32.to_le_bytes().to_vec())],
-    )
-}
-
-/// The live heartbeat slot of vmfs5 and the host owning it (VOLUMES.tsv notes).
-pub const VMFS5_HEARTBEAT: u64 = 0x37_b000;
-
-/// A copy of vmfs5 whose /directory/file5 is locked (exclusive) by the host whose
-/// heartbeat is live: the FD's disk lock holds the heartbeat address at +0x0C, the mode
-/// at +0x24 and the owner UUID at +0x28.
-pub fn locked_vmfs5(dir: &Path, owner: [u8; 16]) -> PathBuf {
-    let fd = fd_offset(&image("vmfs5"), "/directory/file5");
-    patched_vmfs5(
-        dir,
-        "locked.bin",
-        &[
-            (fd + 0x0C, VMFS5_HEARTBEAT.to_le_bytes().to_vec()),
-            (fd + 0x24, 1u32.to_le_bytes().to_vec()),
-            (fd + 0x28, owner.to_vec()),
-        ],
-    )
-}
-
-/// A copy of vmfs5 whose /directory holds `count` more entries (`f000000`, ...) pointing
-/// at the five existing files' FDs in turn, stored in 1 MiB file blocks from LV block 250
-/// (free in vmfs5): the directory's FD becomes FB-addressed. No FD is added, but listing
-/// it reads one FD per entry, as a real directory of that many files would
-/// (bench/vmfs-bigdir.py makes the same image).
-pub fn big_directory_vmfs5(dir: &Path, count: usize) -> PathBuf {
-    const ENTRY: usize = 0x8C;
-    const BLOCK: u64 = 1 << 20;
-    const FIRST_BLOCK: u64 = 250;
-    let img = image("vmfs5");
-    let listing = json(&[os("ls"), img.as_os_str(), os("/directory"), os("--json")]);
-    let listing = listing.as_array().expect("array");
-    let mut entries = Vec::with_capacity((count + listing.len()) * ENTRY);
-    let mut push = |kind: u32, fd: u64, name: &str| {
-        let mut entry = [0u8; ENTRY];
-        entry[0..4].copy_from_slice(&kind.to_le_bytes());
-        entry[4..8].copy_from_slice(&u32::try_from(fd).expect("fd").to_le_bytes());
-        entry[8..12].copy_from_slice(&1u32.to_le_bytes());
-        entry[12..12 + name.len()].copy_from_slice(name.as_bytes());
-        entries.extend_from_slice(&entry);
-    };
-    let mut files = Vec::new();
-    for e in listing {
-        let fd = e["fd_address"].as_u64().expect("fd_address");
-        let kind = if e["type"] == "symlink" { 4 } else { 3 };
-        push(kind, fd, e["name"].as_str().expect("name"));
-        if e["type"] == "file" {
-            files.push(fd);
-        }
-    }
-    for i in 0..count {
-        push(3, files[i % files.len()], &format!("f{i:06}"));
-    }
-    let length = entries.len() as u64;
-    let blocks = length.div_ceil(BLOCK);
-    let fd = fd_offset(&img, "/directory");
-    let meta = fd + 0x200;
-    let block_array: Vec<u8> = (0..256u64)
-        .flat_map(|b| {
-            let address = if b < blocks {
-                (u32::try_from(FIRST_BLOCK + b).expect("block") << 6) | 1
-            } else {
-                0
-            };
-            address.to_le_bytes()
-        })
-        .collect();
-    patched_vmfs5(
-        dir,
-        "bigdir.bin",
-        &[
-            (FIRST_BLOCK * BLOCK, entries),
-            (
-                meta + 0x14,
-                [length.to_le_bytes(), BLOCK.to_le_bytes()].concat(),
-            ),
-            (meta + 0x24, blocks.to_le_bytes().to_vec()),
-            (meta + 0x44, 1u32.to_le_bytes().to_vec()),
-            (meta + 0x89, vec![20]),
-            (fd + 0x400, block_array),
-        ],
     )
 }
 
