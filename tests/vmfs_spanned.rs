@@ -327,3 +327,84 @@ fn vmfs6_spanned_volume_reads_and_names_its_missing_extent() {
         "{pieces:?}"
     );
 }
+
+fn vdr_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vdr"))
+        .args(args)
+        .output()
+        .expect("run vdr")
+}
+
+/// The CLI takes the other devices with `--extent`: with both, `ls` and `extract` see the
+/// whole volume; without, strict mode refuses naming the missing device, and a salvage
+/// extract lists exactly the files whose blocks lie on it as unreadable and exits 1.
+#[test]
+fn cli_reads_a_spanned_volume_given_its_extents() {
+    let b = built();
+    let (head, second) = (b.devs[0].as_os_str(), b.devs[1].as_os_str());
+    let os = std::ffi::OsStr::new;
+
+    let ls = vdr_cli(&[
+        os("ls"),
+        head,
+        os("-R"),
+        os("--json"),
+        os("--extent"),
+        second,
+    ]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let live =
+        b.m.entries
+            .iter()
+            .filter(|e| !e.deleted && e.path != "/")
+            .count();
+    assert_eq!(listed.as_array().unwrap().len(), live);
+
+    let refused = vdr_cli(&[os("ls"), head]);
+    assert_eq!(refused.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.contains("device 2 of 2"), "{msg}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let salvaged = vdr_cli(&[
+        os("extract"),
+        head,
+        os("--all"),
+        out.as_os_str(),
+        os("--salvage"),
+        os("--json"),
+    ]);
+    assert_eq!(
+        salvaged.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&salvaged.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&salvaged.stdout).unwrap();
+    let unreadable: std::collections::BTreeSet<&str> = report["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["path"].as_str().unwrap())
+        .collect();
+    assert!(!unreadable.is_empty());
+    for e in
+        b.m.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && !e.deleted)
+    {
+        let on_second = !on_second_device(e, &b.m).is_empty();
+        assert_eq!(
+            unreadable.contains(e.path.as_str()),
+            on_second,
+            "{}",
+            e.path
+        );
+    }
+}
