@@ -490,18 +490,16 @@ impl Writer<'_> {
         while at < length {
             let window = MAP_WINDOW.min(length - at);
             let start = at;
-            for piece in file.map(at, window)? {
+            let pieces = file.map(at, window)?;
+            let mut prefetch = Prefetch::new(&pieces, at);
+            for piece in pieces {
                 match piece.kind {
                     PieceKind::Data(lv_at) => {
                         let mut copied = 0u64;
-                        lv.will_need(lv_at, piece.len.min(READ_AHEAD));
                         while copied < piece.len {
                             let n = (piece.len - copied).min(CHUNK as u64) as usize;
-                            // Keep the next chunks in flight while this one is written.
-                            let ahead = copied + READ_AHEAD;
-                            if ahead < piece.len {
-                                lv.will_need(lv_at + ahead, (CHUNK as u64).min(piece.len - ahead));
-                            }
+                            // Keep the next data in flight while this chunk is written.
+                            prefetch.upto(&lv, at + copied + READ_AHEAD);
                             let buf = &mut self.buffer[..n];
                             if let Err(e) = lv.read_exact_at(buf, lv_at + copied) {
                                 self.unreadable(entry, at + copied, n as u64, e.to_string())?;
@@ -585,4 +583,48 @@ fn times(atime: u32, mtime: u32) -> FileTimes {
     FileTimes::new()
         .set_accessed(at(atime))
         .set_modified(at(mtime))
+}
+
+/// Readahead hints across a map window's data pieces: keeps `READ_AHEAD` bytes of the
+/// data still to copy requested from the kernel while the current chunk is written, also
+/// when the file's blocks are scattered over the volume (one piece per block), where a
+/// hint within one piece would never reach ahead.
+struct Prefetch {
+    /// (file offset, LV offset, length) of each data piece, in file order.
+    runs: Vec<(u64, u64, u64)>,
+    /// File offset up to which hints have been given.
+    issued: u64,
+}
+
+impl Prefetch {
+    fn new(pieces: &[vdr_formats::vmfs::Piece], at: u64) -> Prefetch {
+        let mut runs = Vec::new();
+        let mut file_at = at;
+        for p in pieces {
+            if let PieceKind::Data(lv_at) = p.kind {
+                runs.push((file_at, lv_at, p.len));
+            }
+            file_at += p.len;
+        }
+        Prefetch { runs, issued: at }
+    }
+
+    /// Requests every data byte before file offset `end` not requested yet.
+    fn upto(&mut self, lv: &vdr_formats::vmfs::LogicalVolume, end: u64) {
+        if end <= self.issued {
+            return;
+        }
+        let first = self.runs.partition_point(|&(f, _, n)| f + n <= self.issued);
+        for &(f, l, n) in &self.runs[first..] {
+            if f >= end {
+                break;
+            }
+            let lo = f.max(self.issued);
+            let hi = (f + n).min(end);
+            if lo < hi {
+                lv.will_need(l + (lo - f), hi - lo);
+            }
+        }
+        self.issued = end;
+    }
 }
