@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Benchmark of `vdr serve --nbd`: `qemu-img convert -O raw nbd://...` reading from vdr serve,
+# against `qemu-img convert -O raw FILE` reading the same qcow2 directly, in the same run.
+#
+# Image: the qcow2 bench/convert.sh caches under bench/out/ (VDR_BENCH_SIZE virtual bytes,
+# default 4G, about half of it data; bench/gen-disk.py), generated here the same way when
+# missing. Target: through NBD at least 0.8x the direct speed (time ratio <= 1.25).
+# Runs alternate (nbd, direct, nbd, ...); the table shows median wall seconds. As root
+# the page cache is dropped before every run (cold cache: the server reads the disk too);
+# otherwise the figures are warm-cache and say so. Only the qemu-img convert is timed;
+# each run gets a fresh `vdr serve --once` on an ephemeral port.
+#
+# Environment: VDR_BENCH_SIZE (4G), VDR_BENCH_RUNS (3), VDR_BENCH_OUT (bench/out),
+# VDR_BIN (a vdr binary to measure instead of building target/release/vdr).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${VDR_BENCH_OUT:-$root/bench/out}
+size=${VDR_BENCH_SIZE:-4G}
+runs=${VDR_BENCH_RUNS:-3}
+
+for tool in qemu-img python3 numfmt; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }
+done
+if [ -n "${VDR_BIN:-}" ]; then
+    vdr=$VDR_BIN
+else
+    (cd "$root" && cargo build --release --quiet)
+    vdr=${CARGO_TARGET_DIR:-$root/target}/release/vdr
+fi
+mkdir -p "$out/tmp"
+
+img=$out/disk-$size.qcow2
+if [ ! -f "$img" ]; then
+    echo "bench: generating $img ($size virtual, about half data)"
+    python3 "$root/bench/gen-disk.py" "$out/disk-$size.raw" "$(numfmt --from=iec "$size")"
+    qemu-img convert -f raw -O qcow2 "$out/disk-$size.raw" "$img.part"
+    rm -f "$out/disk-$size.raw"
+    mv "$img.part" "$img"
+fi
+
+if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
+    cache=cold
+    drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+else
+    cache=warm
+    drop_caches() { :; }
+fi
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+server_pid=
+log=$out/tmp/serve.log
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+}
+trap stop_server EXIT
+
+# start_server: a fresh `vdr serve --once` on an ephemeral port; sets $uri
+start_server() {
+    : > "$log"
+    "$vdr" serve "$img" --nbd 127.0.0.1:0 --once 2>"$log" &
+    server_pid=$!
+    uri=
+    for _ in $(seq 100); do
+        uri=$(sed -n 's/^serving .* as //p' "$log")
+        [ -n "$uri" ] && return
+        sleep 0.05
+    done
+    echo "bench: vdr serve did not start:" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+# time_once RESULT_FILE CMD...: one run; appends its wall seconds
+time_once() {
+    local result=$1
+    shift
+    local start end
+    start=$(date +%s.%N)
+    "$@"
+    end=$(date +%s.%N)
+    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f\n", b - a }' >> "$result"
+}
+
+o=$out/tmp/serve-out.raw
+rn=$(mktemp); rd=$(mktemp)
+echo "bench: qemu-img convert from vdr serve vs from the file ($runs runs each, $cache cache)"
+for _ in $(seq "$runs"); do
+    rm -f "$o"
+    drop_caches
+    start_server
+    time_once "$rn" qemu-img convert -f raw -O raw "$uri" "$o"
+    stop_server
+    rm -f "$o"
+    drop_caches
+    time_once "$rd" qemu-img convert -O raw "$img" "$o"
+done
+# the last NBD output must hold the image's content
+rm -f "$o"
+start_server
+qemu-img convert -f raw -O raw "$uri" "$o"
+stop_server
+qemu-img compare -q -f qcow2 -F raw "$img" "$o" || { echo "bench: NBD output differs" >&2; exit 1; }
+rm -f "$o"
+
+n=$(median < "$rn")
+d=$(median < "$rd")
+rm -f "$rn" "$rd"
+ratio=$(awk -v a="$n" -v b="$d" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+speed=$(awk -v a="$n" -v b="$d" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
+verdict=$(awk -v r="$ratio" 'BEGIN { print ((r <= 1.25) ? "met" : "NOT met") }')
+echo
+echo "qemu-img $(qemu-img --version | head -n 1 | awk '{ print $3 }') convert -O raw, image $size" \
+    "virtual ($(du -hL "$img" | cut -f1) qcow2), $runs runs each, medians, $cache cache, $(nproc) cores"
+printf '%-34s %9s %9s %7s %7s  %-18s %s\n' source "via nbd" direct "time" speed target verdict
+printf '%-34s %8ss %8ss %6sx %6sx  %-18s %s\n' "vdr serve --nbd vs the qcow2 file" "$n" "$d" \
+    "$ratio" "$speed" ">= 0.80x speed" "$verdict"
