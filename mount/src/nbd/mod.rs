@@ -10,7 +10,8 @@
 //!
 //! - [`proto`]: constants and pure encode/decode functions (no sockets).
 //! - `handshake`: the greeting and option haggling.
-//! - `transmission`: the requests of one connection, answered by a few worker threads.
+//! - `transmission`: the requests of one connection, answered in order on its thread;
+//!   `prefetch` asks the kernel to load the data a copying client will read next.
 //! - [`server`]: the listener; one thread per client.
 //!
 //! Hand-written on std::net and threads: the protocol is small, and an async runtime or
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use vdr_formats::VirtualDisk;
 
 mod handshake;
+mod prefetch;
 pub mod proto;
 pub mod server;
 mod transmission;

@@ -15,6 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use vdr_formats::{ExtentKind, VirtualDisk};
 
 use super::handshake::{Session, BASE_ALLOCATION_ID};
+use super::prefetch::Prefetch;
 use super::proto::{self, Request};
 use super::server::Stream;
 use super::{Export, MAX_PAYLOAD};
@@ -29,6 +30,7 @@ struct Connection<'a> {
     export: &'a Export,
     session: Session,
     writer: Stream,
+    prefetch: Prefetch,
 }
 
 /// Serves requests until the client disconnects. An `Err` is a protocol violation that
@@ -44,6 +46,7 @@ pub(crate) fn run(
         export,
         session,
         writer,
+        prefetch: Prefetch::default(),
     };
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let mut buf = Vec::new();
@@ -119,7 +122,12 @@ impl Connection<'_> {
         } else {
             self.structured_read(request, buf);
         }
-        self.send(buf)
+        self.send(buf)?;
+        if request.command == proto::CMD_READ {
+            let end = request.offset + u64::from(request.len);
+            self.prefetch.after_read(self.export.disk.as_ref(), end);
+        }
+        Ok(())
     }
 
     /// The bounds every read and block status request must keep.
