@@ -259,3 +259,177 @@ fn error<S: Write>(
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+    use std::sync::Arc;
+
+    use vdr_formats::raw::RawDisk;
+    use vdr_formats::SliceSource;
+
+    use super::*;
+
+    /// A client's bytes in, the server's bytes out.
+    struct Duplex {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn export() -> Export {
+        let source = Arc::new(SliceSource::new(vec![7u8; 8192], "mem"));
+        Export {
+            name: "disk".to_string(),
+            description: None,
+            disk: Arc::new(RawDisk::new(source)),
+        }
+    }
+
+    fn option(option: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = proto::IHAVEOPT.to_be_bytes().to_vec();
+        out.extend_from_slice(&option.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// One option reply: (option, type, data).
+    type Reply = (u32, u32, Vec<u8>);
+
+    /// The option replies in `bytes`.
+    fn replies(mut bytes: &[u8]) -> Vec<Reply> {
+        let mut out = Vec::new();
+        while bytes.len() >= 20 {
+            let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+            assert_eq!(&bytes[..8], &proto::OPTION_REPLY_MAGIC.to_be_bytes());
+            let len = word(16) as usize;
+            out.push((word(8), word(12), bytes[20..20 + len].to_vec()));
+            bytes = &bytes[20 + len..];
+        }
+        out
+    }
+
+    fn negotiate_with(client: Vec<u8>) -> (io::Result<Negotiated>, Vec<Reply>) {
+        let mut stream = Duplex {
+            input: Cursor::new(client),
+            output: Vec::new(),
+        };
+        let result = negotiate(&mut stream, &export());
+        assert_eq!(&stream.output[..18], &proto::greeting());
+        (result, replies(&stream.output[18..]))
+    }
+
+    fn go(name: &[u8]) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name);
+        data.extend_from_slice(&1u16.to_be_bytes());
+        data.extend_from_slice(&proto::INFO_NAME.to_be_bytes());
+        option(proto::OPT_GO, &data)
+    }
+
+    #[test]
+    fn go_after_structured_replies_enters_transmission_with_read_only_flags() {
+        let mut client = 3u32.to_be_bytes().to_vec();
+        client.extend(option(proto::OPT_STRUCTURED_REPLY, &[]));
+        client.extend(go(b"disk"));
+        let (result, replies) = negotiate_with(client);
+        let session = Session {
+            structured: true,
+            base_allocation: false,
+        };
+        assert_eq!(result.unwrap(), Negotiated::Transmission(session));
+        assert_eq!(replies[0].1, proto::REP_ACK);
+        let infos: Vec<&Vec<u8>> = replies[1..]
+            .iter()
+            .filter(|r| r.1 == proto::REP_INFO)
+            .map(|r| &r.2)
+            .collect();
+        assert_eq!(infos[0][..10], proto::info_export(8192, 0)[..10]);
+        let flags = u16::from_be_bytes([infos[0][10], infos[0][11]]);
+        assert_ne!(flags & proto::FLAG_READ_ONLY, 0);
+        assert_ne!(flags & proto::FLAG_SEND_DF, 0);
+        assert!(infos
+            .iter()
+            .any(|i| i[..] == proto::info_text(proto::INFO_NAME, "disk")[..]));
+        assert_eq!(replies.last().unwrap().1, proto::REP_ACK);
+    }
+
+    #[test]
+    fn unknown_export_and_unknown_option_get_errors_and_haggling_goes_on() {
+        let mut client = 3u32.to_be_bytes().to_vec();
+        client.extend(go(b"other"));
+        client.extend(option(42, b"x"));
+        client.extend(option(proto::OPT_LIST, b"junk"));
+        client.extend(option(proto::OPT_ABORT, &[]));
+        let (result, replies) = negotiate_with(client);
+        assert_eq!(result.unwrap(), Negotiated::Closed);
+        let types: Vec<u32> = replies.iter().map(|r| r.1).collect();
+        assert_eq!(
+            types,
+            vec![
+                proto::REP_ERR_UNKNOWN,
+                proto::REP_ERR_UNSUP,
+                proto::REP_ERR_INVALID,
+                proto::REP_ACK
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_option_is_refused_without_reading_it() {
+        let mut client = 3u32.to_be_bytes().to_vec();
+        client.extend(proto::IHAVEOPT.to_be_bytes());
+        client.extend(proto::OPT_INFO.to_be_bytes());
+        client.extend((MAX_OPTION_LEN + 1).to_be_bytes());
+        let (result, replies) = negotiate_with(client);
+        assert!(result.is_err());
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].1, proto::REP_ERR_TOO_BIG);
+    }
+
+    #[test]
+    fn meta_context_needs_structured_replies_and_selects_base_allocation() {
+        let mut query = 0u32.to_be_bytes().to_vec();
+        query.extend(1u32.to_be_bytes());
+        query.extend(15u32.to_be_bytes());
+        query.extend(proto::BASE_ALLOCATION.as_bytes());
+        let mut client = 3u32.to_be_bytes().to_vec();
+        client.extend(option(proto::OPT_SET_META_CONTEXT, &query));
+        client.extend(option(proto::OPT_STRUCTURED_REPLY, &[]));
+        client.extend(option(proto::OPT_SET_META_CONTEXT, &query));
+        client.extend(go(b""));
+        let (result, replies) = negotiate_with(client);
+        let Negotiated::Transmission(session) = result.unwrap() else {
+            panic!("not in transmission");
+        };
+        assert!(session.base_allocation);
+        assert_eq!(replies[0].1, proto::REP_ERR_INVALID);
+        assert_eq!(replies[2].1, proto::REP_META_CONTEXT);
+        assert_eq!(&replies[2].2[4..], proto::BASE_ALLOCATION.as_bytes());
+    }
+
+    #[test]
+    fn bad_option_magic_and_unknown_client_flags_close_the_connection() {
+        let mut client = 3u32.to_be_bytes().to_vec();
+        client.extend(b"IHAVEOPS");
+        client.extend([0u8; 8]);
+        assert!(negotiate_with(client).0.is_err());
+        assert!(negotiate_with(0x10u32.to_be_bytes().to_vec()).0.is_err());
+    }
+}
