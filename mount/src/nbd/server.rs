@@ -16,6 +16,9 @@ use super::handshake::{self, Negotiated};
 use super::transmission;
 use super::Export;
 
+/// At most this many clients are served at once; more are refused (closed at once).
+pub const MAX_CLIENTS: usize = 64;
+
 /// Where to listen: `HOST:PORT` or `unix:/path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
@@ -113,6 +116,7 @@ impl Server {
     /// that client's connection and are reported on stderr.
     pub fn serve(&self, stop: &AtomicBool, once: bool) -> io::Result<()> {
         let finished = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
         let mut next_id = 0u64;
         let done = || stop.load(Ordering::SeqCst) || (once && finished.load(Ordering::SeqCst) > 0);
         while !done() {
@@ -128,9 +132,16 @@ impl Server {
                     continue;
                 }
             };
+            if active.load(Ordering::SeqCst) >= MAX_CLIENTS {
+                // each client may hold a 32 MiB read buffer: bound the total
+                eprintln!("nbd: client {peer}: refused, {MAX_CLIENTS} clients are connected");
+                continue;
+            }
+            active.fetch_add(1, Ordering::SeqCst);
             next_id += 1;
             let export = Arc::clone(&self.export);
             let finished = Arc::clone(&finished);
+            let active_here = Arc::clone(&active);
             let name = format!("nbd-client-{next_id}");
             let spawned = thread::Builder::new().name(name).spawn(move || {
                 let served =
@@ -141,9 +152,11 @@ impl Server {
                     Ok(Err(err)) => eprintln!("nbd: client {peer}: {err}"),
                     Err(_) => eprintln!("nbd: client {peer}: internal error; connection closed"),
                 }
+                active_here.fetch_sub(1, Ordering::SeqCst);
                 finished.fetch_add(1, Ordering::SeqCst);
             });
             if let Err(err) = spawned {
+                active.fetch_sub(1, Ordering::SeqCst);
                 eprintln!("nbd: cannot start a thread for a client: {err}");
             }
         }

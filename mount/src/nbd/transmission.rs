@@ -22,6 +22,8 @@ use super::{Export, MAX_PAYLOAD};
 
 /// At most this many descriptors in one block status reply (the spec says at most 2^20).
 const MAX_DESCRIPTORS: usize = 1 << 16;
+/// A reply buffer larger than this is given back after the reply (qemu reads 2 MiB).
+const KEPT_BUFFER: usize = 4 << 20;
 /// Requests are read through a buffer this large, so pipelined requests cost one read.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -70,6 +72,10 @@ pub(crate) fn run(
                 // request, not the connection
                 let answered =
                     panic::catch_unwind(AssertUnwindSafe(|| connection.answer(&request, &mut buf)));
+                if buf.capacity() > KEPT_BUFFER {
+                    // a client's largest read should not stay allocated for the others
+                    buf = Vec::new();
+                }
                 match answered {
                     Ok(result) => result?,
                     Err(_) => {
