@@ -94,7 +94,7 @@ qemu_nbd_pid=
 start_qemu_nbd() {
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    qemu-nbd -r -f qcow2 -b 127.0.0.1 -p "$port" -x disk "$img" &
+    qemu-nbd -r -t -f qcow2 -b 127.0.0.1 -p "$port" -x disk "$img" &
     qemu_nbd_pid=$!
     quri=nbd://127.0.0.1:$port/disk
     for _ in $(seq 100); do
