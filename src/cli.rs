@@ -274,6 +274,10 @@ pub struct ServeArgs {
     /// Exit when the first client disconnects.
     #[arg(long)]
     pub once: bool,
+    /// Report holes shorter than BYTES between data as data in block status (fewer round
+    /// trips for copying clients; reads still send them as holes). 0: every hole.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub min_hole: u32,
     #[command(flatten)]
     pub open: OpenArgs,
 }

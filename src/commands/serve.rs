@@ -39,6 +39,7 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
         name,
         description: Some(description),
         disk: Arc::new(chain),
+        min_hole: args.min_hole,
     };
     let server = Server::bind(&Address::parse(&args.nbd), export)
         .with_context(|| format!("cannot listen on {}", args.nbd))?;

@@ -298,6 +298,7 @@ mod tests {
             name: "disk".to_string(),
             description: None,
             disk: Arc::new(RawDisk::new(source)),
+            min_hole: 0,
         }
     }
 

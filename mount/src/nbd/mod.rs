@@ -11,7 +11,8 @@
 //! - [`proto`]: constants and pure encode/decode functions (no sockets).
 //! - `handshake`: the greeting and option haggling.
 //! - `transmission`: the requests of one connection, answered in order on its thread;
-//!   `prefetch` asks the kernel to load the data a copying client will read next.
+//!   `prefetch` asks the kernel to load the data a copying client will read next;
+//!   `zerocopy` sends reads of plain-file data with sendfile(2).
 //! - [`server`]: the listener; one thread per client.
 //!
 //! Hand-written on std::net and threads: the protocol is small, and an async runtime or
@@ -22,11 +23,13 @@ use std::sync::Arc;
 
 use vdr_formats::VirtualDisk;
 
+mod allocation;
 mod handshake;
 mod prefetch;
 pub mod proto;
 pub mod server;
 mod transmission;
+mod zerocopy;
 
 pub use server::{Address, Server};
 
@@ -45,6 +48,9 @@ pub struct Export {
     /// Sent to clients that ask for `NBD_INFO_DESCRIPTION`.
     pub description: Option<String>,
     pub disk: Arc<dyn VirtualDisk>,
+    /// Block status reports holes shorter than this between data as data (0: every
+    /// hole), trading detail for fewer round trips of copying clients.
+    pub min_hole: u32,
 }
 
 impl Export {

@@ -14,16 +14,14 @@
 use std::io::{self, BufReader, Read, Write};
 use std::panic::{self, AssertUnwindSafe};
 
-use vdr_formats::{ExtentKind, VirtualDisk};
+use vdr_formats::{Extent, ExtentKind, VirtualDisk};
 
 use super::handshake::{Session, BASE_ALLOCATION_ID};
 use super::prefetch::Prefetch;
 use super::proto::{self, Request};
 use super::server::Stream;
-use super::{Export, MAX_PAYLOAD};
+use super::{allocation, zerocopy, Export, MAX_PAYLOAD};
 
-/// At most this many descriptors in one block status reply (the spec says at most 2^20).
-const MAX_DESCRIPTORS: usize = 1 << 16;
 /// A reply buffer larger than this is given back after the reply (qemu reads 2 MiB).
 const KEPT_BUFFER: usize = 4 << 20;
 /// Requests are read through a buffer this large, so pipelined requests cost one read.
@@ -128,14 +126,42 @@ impl Connection<'_> {
         } else if request.flags & proto::CMD_FLAG_DF != 0 {
             self.unfragmented_read(request, buf);
         } else {
-            self.structured_read(request, buf);
+            let extents = self.disk().map(request.offset, u64::from(request.len));
+            let ranges = extents
+                .as_ref()
+                .ok()
+                .and_then(|e| zerocopy::file_ranges(e, u64::from(request.len)));
+            match ranges {
+                Some(ranges) => {
+                    let mut header = [0u8; proto::OFFSET_DATA_HEADER_LEN];
+                    let (flags, cookie) = (proto::REPLY_FLAG_DONE, request.cookie);
+                    proto::offset_data_header(
+                        &mut header,
+                        flags,
+                        cookie,
+                        request.offset,
+                        request.len,
+                    );
+                    zerocopy::send(&self.writer, &header, &ranges)?;
+                }
+                None => {
+                    self.structured_read(request, extents, buf);
+                    self.send(buf)?;
+                }
+            }
+            self.after_read(request);
+            return Ok(());
         }
         self.send(buf)?;
         if request.command == proto::CMD_READ {
-            let end = request.offset + u64::from(request.len);
-            self.prefetch.after_read(self.export.disk.as_ref(), end);
+            self.after_read(request);
         }
         Ok(())
+    }
+
+    fn after_read(&mut self, request: &Request) {
+        let end = request.offset + u64::from(request.len);
+        self.prefetch.after_read(self.export.disk.as_ref(), end);
     }
 
     /// The bounds every read and block status request must keep.
@@ -208,8 +234,13 @@ impl Connection<'_> {
 
     /// A structured read: data chunks for data, hole chunks for zero and unallocated
     /// ranges, an error chunk (`NBD_EIO` at its offset) for each unreadable range.
-    fn structured_read(&self, request: &Request, buf: &mut Vec<u8>) {
-        let runs = match self.disk().map(request.offset, u64::from(request.len)) {
+    fn structured_read(
+        &self,
+        request: &Request,
+        extents: Result<Vec<Extent>, vdr_formats::Error>,
+        buf: &mut Vec<u8>,
+    ) {
+        let runs = match extents {
             Ok(extents) => runs(extents.into_iter().map(|e| (e.offset, e.len, e.kind))),
             Err(err) => vec![Run::Unreadable(
                 request.offset,
@@ -267,13 +298,16 @@ impl Connection<'_> {
         mark_done(&mut buf[last_chunk..]);
     }
 
-    /// Block status in the `base:allocation` context: zero and unallocated ranges are
-    /// holes that read as zeros (what qemu's server reports for a qcow2 zero cluster or
-    /// an unallocated one); data, compressed and unreadable ranges are 0, so a client
-    /// reads them (and gets `NBD_EIO` for the unreadable ones).
+    /// Block status in the `base:allocation` context (see [`allocation`]).
     fn block_status(&self, request: &Request, buf: &mut Vec<u8>) {
         let one = request.flags & proto::CMD_FLAG_REQ_ONE != 0;
-        let mut descriptors = match self.allocation(request.offset, request.len, one) {
+        let mut descriptors = match allocation::descriptors(
+            self.disk(),
+            request.offset,
+            request.len,
+            one,
+            self.export.min_hole,
+        ) {
             Ok(descriptors) => descriptors,
             Err(err) => {
                 let chunk = proto::error_chunk(
@@ -299,45 +333,6 @@ impl Connection<'_> {
         buf.extend_from_slice(&chunk);
     }
 
-    /// `(length, status)` descriptors from `offset`, neighbours with the same status
-    /// merged. The map is asked for in windows growing from 1 MiB to 64 MiB, and only as
-    /// far as the answer needs: qemu-img asks for one extent (`one`) over the whole rest
-    /// of the disk at every step of a copy, and mapping all of it each time would make a
-    /// copy quadratic in the number of extents.
-    fn allocation(
-        &self,
-        offset: u64,
-        len: u32,
-        one: bool,
-    ) -> Result<Vec<(u32, u32)>, vdr_formats::Error> {
-        let end = offset + u64::from(len);
-        let mut descriptors: Vec<(u32, u32)> = Vec::new();
-        let mut pos = offset;
-        let mut window = 1u64 << 20;
-        while pos < end {
-            let query = window.min(end - pos);
-            for extent in self.disk().map(pos, query)? {
-                let status = allocation_status(&extent.kind);
-                // extents are clipped to the request, whose length is 32 bits
-                let len = u32::try_from(extent.len).unwrap_or(u32::MAX);
-                match descriptors.last_mut() {
-                    Some((last_len, last_status)) if *last_status == status => {
-                        *last_len = last_len.saturating_add(len);
-                    }
-                    _ => descriptors.push((len, status)),
-                }
-            }
-            pos += query;
-            let enough = if one { 2 } else { MAX_DESCRIPTORS };
-            if descriptors.len() >= enough {
-                break;
-            }
-            window = (window * 2).min(64 << 20);
-        }
-        descriptors.truncate(if one { 1 } else { MAX_DESCRIPTORS });
-        Ok(descriptors)
-    }
-
     /// An error reply in the form the session uses for this command.
     fn error_reply(&mut self, request: &Request, error: u32, message: &str) -> io::Result<()> {
         if self.session.structured {
@@ -359,16 +354,6 @@ impl Connection<'_> {
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.writer.write_all(bytes)
-    }
-}
-
-/// The base:allocation status of an extent.
-fn allocation_status(kind: &ExtentKind) -> u32 {
-    match kind {
-        ExtentKind::Zero | ExtentKind::Unallocated => proto::STATE_HOLE | proto::STATE_ZERO,
-        ExtentKind::Data { .. } | ExtentKind::Compressed { .. } | ExtentKind::Unreadable { .. } => {
-            0
-        }
     }
 }
 
@@ -439,18 +424,6 @@ mod tests {
                 Run::Unreadable(1024, 1024, "bad".into()),
                 Run::Hole(2048, 512)
             ]
-        );
-    }
-
-    #[test]
-    fn holes_read_as_zeros_and_unreadable_ranges_as_data() {
-        assert_eq!(allocation_status(&ExtentKind::Zero), 3);
-        assert_eq!(allocation_status(&ExtentKind::Unallocated), 3);
-        assert_eq!(
-            allocation_status(&ExtentKind::Unreadable {
-                reason: String::new()
-            }),
-            0
         );
     }
 
