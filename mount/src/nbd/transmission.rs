@@ -20,7 +20,8 @@ use super::handshake::{Session, BASE_ALLOCATION_ID};
 use super::prefetch::Prefetch;
 use super::proto::{self, Request};
 use super::server::Stream;
-use super::{allocation, zerocopy, Export, MAX_PAYLOAD};
+use super::zerocopy::{self, Part};
+use super::{allocation, Export, MAX_PAYLOAD};
 
 /// A reply buffer larger than this is given back after the reply (qemu reads 2 MiB).
 const KEPT_BUFFER: usize = 4 << 20;
@@ -127,28 +128,9 @@ impl Connection<'_> {
             self.unfragmented_read(request, buf);
         } else {
             let extents = self.disk().map(request.offset, u64::from(request.len));
-            let ranges = extents
-                .as_ref()
-                .ok()
-                .and_then(|e| zerocopy::file_ranges(e, u64::from(request.len)));
-            match ranges {
-                Some(ranges) => {
-                    let mut header = [0u8; proto::OFFSET_DATA_HEADER_LEN];
-                    let (flags, cookie) = (proto::REPLY_FLAG_DONE, request.cookie);
-                    proto::offset_data_header(
-                        &mut header,
-                        flags,
-                        cookie,
-                        request.offset,
-                        request.len,
-                    );
-                    zerocopy::send(&self.writer, &header, &ranges)?;
-                }
-                None => {
-                    self.structured_read(request, extents, buf);
-                    self.send(buf)?;
-                }
-            }
+            let mut parts = Vec::new();
+            self.structured_read(request, extents, buf, &mut parts);
+            zerocopy::send(&self.writer, buf, &parts)?;
             self.after_read(request);
             return Ok(());
         }
@@ -233,69 +215,81 @@ impl Connection<'_> {
     }
 
     /// A structured read: data chunks for data, hole chunks for zero and unallocated
-    /// ranges, an error chunk (`NBD_EIO` at its offset) for each unreadable range.
+    /// ranges, an error chunk (`NBD_EIO` at its offset) for each unreadable range. The
+    /// reply is left as `parts`: ranges of `buf` and, for data stored in plain files, the
+    /// host ranges [`zerocopy::send`] hands to sendfile(2).
     fn structured_read(
         &self,
         request: &Request,
         extents: Result<Vec<Extent>, vdr_formats::Error>,
         buf: &mut Vec<u8>,
+        parts: &mut Vec<Part>,
     ) {
-        let runs = match extents {
-            Ok(extents) => runs(extents.into_iter().map(|e| (e.offset, e.len, e.kind))),
-            Err(err) => vec![Run::Unreadable(
-                request.offset,
-                request.len,
-                err.to_string(),
-            )],
+        let cookie = request.cookie;
+        let (runs, extents) = match extents {
+            Ok(extents) => (
+                runs(extents.iter().map(|e| (e.offset, e.len, e.kind.clone()))),
+                extents,
+            ),
+            Err(err) => (
+                vec![Run::Unreadable(
+                    request.offset,
+                    request.len,
+                    err.to_string(),
+                )],
+                Vec::new(),
+            ),
         };
-        let mut last_chunk = 0;
-        for run in runs {
-            last_chunk = buf.len();
+        let last = runs.len().saturating_sub(1);
+        for (i, run) in runs.into_iter().enumerate() {
+            let flags = if i == last { proto::REPLY_FLAG_DONE } else { 0 };
+            let start = buf.len();
             match run {
                 Run::Data(offset, len) => {
-                    buf.resize(last_chunk + proto::OFFSET_DATA_HEADER_LEN + len as usize, 0);
-                    proto::offset_data_header(
-                        &mut buf[last_chunk..],
-                        0,
-                        request.cookie,
-                        offset,
-                        len,
-                    );
-                    let data = &mut buf[last_chunk + proto::OFFSET_DATA_HEADER_LEN..];
+                    let files =
+                        zerocopy::file_ranges(extents_in(&extents, offset, len), u64::from(len));
+                    if let Some(files) = files {
+                        buf.resize(start + proto::OFFSET_DATA_HEADER_LEN, 0);
+                        proto::offset_data_header(&mut buf[start..], flags, cookie, offset, len);
+                        push_bytes(parts, start..buf.len());
+                        parts.extend(files.into_iter().map(Part::File));
+                        continue;
+                    }
+                    buf.resize(start + proto::OFFSET_DATA_HEADER_LEN + len as usize, 0);
+                    proto::offset_data_header(&mut buf[start..], flags, cookie, offset, len);
+                    let data = &mut buf[start + proto::OFFSET_DATA_HEADER_LEN..];
                     if let Err(err) = self.disk().read_at(data, offset) {
-                        buf.truncate(last_chunk);
-                        let chunk = proto::error_chunk(
-                            0,
-                            request.cookie,
-                            proto::EIO,
-                            &err.to_string(),
-                            Some(offset),
-                        );
+                        buf.truncate(start);
+                        let message = err.to_string();
+                        let chunk =
+                            proto::error_chunk(flags, cookie, proto::EIO, &message, Some(offset));
                         buf.extend_from_slice(&chunk);
                     }
                 }
                 Run::Hole(offset, len) => {
-                    buf.extend_from_slice(&proto::offset_hole_chunk(
-                        0,
-                        request.cookie,
-                        offset,
-                        len,
-                    ));
+                    buf.extend_from_slice(&proto::offset_hole_chunk(flags, cookie, offset, len));
                 }
                 Run::Unreadable(offset, len, reason) => {
                     let message = format!("{len} bytes at {offset:#x} are unreadable: {reason}");
                     let chunk =
-                        proto::error_chunk(0, request.cookie, proto::EIO, &message, Some(offset));
+                        proto::error_chunk(flags, cookie, proto::EIO, &message, Some(offset));
                     buf.extend_from_slice(&chunk);
                 }
             }
+            push_bytes(parts, start..buf.len());
         }
-        if buf.is_empty() {
+        if parts.is_empty() {
             // map() returned nothing for a range inside the disk: never claim data
-            let chunk = proto::error_chunk(0, request.cookie, proto::EIO, "no extent map", None);
+            let chunk = proto::error_chunk(
+                proto::REPLY_FLAG_DONE,
+                cookie,
+                proto::EIO,
+                "no extent map",
+                None,
+            );
             buf.extend_from_slice(&chunk);
+            push_bytes(parts, 0..buf.len());
         }
-        mark_done(&mut buf[last_chunk..]);
     }
 
     /// Block status in the `base:allocation` context (see [`allocation`]).
@@ -392,11 +386,24 @@ fn runs(extents: impl IntoIterator<Item = (u64, u64, ExtentKind)>) -> Vec<Run> {
     out
 }
 
-/// Sets NBD_REPLY_FLAG_DONE on the chunk at the start of `chunk`.
-fn mark_done(chunk: &mut [u8]) {
-    if let Some(flags) = chunk.get_mut(4..6) {
-        flags.copy_from_slice(&proto::REPLY_FLAG_DONE.to_be_bytes());
+/// The extents that make up the run `[offset, offset+len)` (runs are made of whole
+/// extents, in order).
+fn extents_in(extents: &[Extent], offset: u64, len: u32) -> &[Extent] {
+    let end = offset + u64::from(len);
+    let first = extents.partition_point(|e| e.offset < offset);
+    let stop = extents.partition_point(|e| e.offset < end);
+    extents.get(first..stop).unwrap_or(&[])
+}
+
+/// Adds a range of the reply buffer, joined to the previous one when they touch.
+fn push_bytes(parts: &mut Vec<Part>, range: std::ops::Range<usize>) {
+    if let Some(Part::Bytes(last)) = parts.last_mut() {
+        if last.end == range.start {
+            last.end = range.end;
+            return;
+        }
     }
+    parts.push(Part::Bytes(range));
 }
 
 #[cfg(test)]
@@ -425,12 +432,5 @@ mod tests {
                 Run::Hole(2048, 512)
             ]
         );
-    }
-
-    #[test]
-    fn mark_done_sets_the_flags_field() {
-        let mut chunk = proto::offset_hole_chunk(0, 1, 0, 512);
-        mark_done(&mut chunk);
-        assert_eq!(&chunk[4..6], &[0, 1]);
     }
 }
