@@ -561,3 +561,50 @@ fn unix_socket_serves_and_sigterm_stops_the_server() {
     assert_eq!(status.code(), Some(0), "a clean stop: {}", served.stderr());
     assert!(!socket.exists(), "the socket file is removed");
 }
+
+#[test]
+fn min_hole_reports_short_holes_between_data_as_data_and_content_stays() {
+    let Some(fx) = chain() else { return };
+    let d = fx.dir.path();
+    let served = serve(
+        d,
+        &["top.qcow2", "--nbd", "127.0.0.1:0", "--min-hole", "2097152"],
+    );
+    let mut client = Client::connect(served.port);
+    client.start();
+    client.option(OPT_STRUCTURED_REPLY, b"");
+    assert_eq!(client.option_reply().1, REP_ACK);
+    client.option(
+        OPT_SET_META_CONTEXT,
+        &meta_request(b"", &[b"base:allocation"]),
+    );
+    let (_, _, data) = client.option_reply();
+    let context = u32::from_be_bytes(data[..4].try_into().expect("id"));
+    assert_eq!(client.option_reply().1, REP_ACK);
+    client.go(b"", true);
+    // the 1 MiB zero cluster at 2 MiB lies between data: reported as data; the 16 MiB
+    // unallocated range after 4 MiB stays a hole
+    let status = client.block_status(1, 0, 8 << 20, context);
+    assert_eq!(status, vec![(4 << 20, 0), (4 << 20, 3)]);
+    // reads still send it as a hole
+    let chunks = client.structured_read(2, 2 << 20, 1 << 20, 0);
+    assert!(matches!(&chunks[..], [Chunk::Hole(o, l)] if *o == 2 << 20 && *l == 1 << 20));
+    drop(client);
+
+    let out = d.join("out.raw");
+    let convert = run(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &served.uri,
+            path_str(&out),
+        ],
+    );
+    assert!(convert.status.success(), "{convert:?}");
+    assert_eq!(sha256_file(&out), sha256_file(&fx.raw));
+}

@@ -433,4 +433,34 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_run_finds_its_extents_and_reply_parts_join() {
+        let extent = |offset, len| Extent {
+            offset,
+            len,
+            kind: ExtentKind::Zero,
+            depth: 0,
+        };
+        let extents = vec![extent(0, 512), extent(512, 1024), extent(1536, 512)];
+        let found = extents_in(&extents, 512, 1536);
+        assert_eq!(
+            found.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![512, 1536]
+        );
+        assert!(extents_in(&extents, 4096, 512).is_empty());
+
+        let mut parts = Vec::new();
+        push_bytes(&mut parts, 0..28);
+        push_bytes(&mut parts, 28..60);
+        push_bytes(&mut parts, 80..90);
+        let ranges: Vec<_> = parts
+            .iter()
+            .map(|p| match p {
+                Part::Bytes(r) => r.clone(),
+                Part::File(_) => 0..0,
+            })
+            .collect();
+        assert_eq!(ranges, vec![0..60, 80..90]);
+    }
 }
