@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use super::handshake::{self, Negotiated};
 use super::transmission;
@@ -18,6 +19,9 @@ use super::Export;
 
 /// At most this many clients are served at once; more are refused (closed at once).
 pub const MAX_CLIENTS: usize = 64;
+
+/// How long a client may take over the handshake before it is disconnected.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where to listen: `HOST:PORT` or `unix:/path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +51,13 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
         }
     }
 
@@ -156,6 +167,10 @@ impl Server {
                 match served {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) if is_disconnect(&err) => {}
+                    Ok(Err(err)) if is_timeout(&err) => eprintln!(
+                        "nbd: client {peer}: no handshake within {}s; disconnected",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ),
                     Ok(Err(err)) => eprintln!("nbd: client {peer}: {err}"),
                     Err(_) => eprintln!("nbd: client {peer}: internal error; connection closed"),
                 }
@@ -204,12 +219,24 @@ impl Drop for Server {
 
 /// One client from the greeting to the end of the connection.
 fn serve_client(mut stream: Stream, export: &Export) -> io::Result<()> {
+    // a client that connects and says nothing must not hold one of the slots forever
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     match handshake::negotiate(&mut stream, export)? {
         Negotiated::Transmission(session) => {
+            // in transmission, an idle client is normal (a mounted nbd device)
+            stream.set_read_timeout(None)?;
             transmission::run(stream.try_clone()?, stream, export, session)
         }
         Negotiated::Closed => Ok(()),
     }
+}
+
+/// A read timed out (only the handshake has a timeout).
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// The client went away: not worth a message.
