@@ -10,7 +10,8 @@
 //!
 //! - [`proto`]: constants and pure encode/decode functions (no sockets).
 //! - `handshake`: the greeting and option haggling.
-//! - `transmission`: the requests of one connection, answered in order on its thread;
+//! - `transmission`: the requests of one connection: block status answered on its
+//!   reading thread, reads on a few workers;
 //!   `prefetch` asks the kernel to load the data a copying client will read next;
 //!   `zerocopy` sends reads of plain-file data with sendfile(2).
 //! - [`server`]: the listener; one thread per client.
