@@ -35,6 +35,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Copy files, directories or the whole tree out of a VMFS datastore.
     Extract(ExtractArgs),
+    /// Export an image read-only over NBD (qemu-img, qemu-nbd clients, nbd-client).
+    Serve(ServeArgs),
 }
 
 /// Options shared by the commands that open one image.
@@ -256,6 +258,28 @@ pub struct ExtractArgs {
     pub json: bool,
     #[command(flatten)]
     pub datastore_args: DatastoreArgs,
+}
+
+/// `vdr serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The image to export (with its backing chain), or DATASTORE::/path.
+    pub source: PathBuf,
+    /// Where to listen: HOST:PORT (port 0 picks a free one) or unix:/path/to/socket.
+    #[arg(long, value_name = "ADDR")]
+    pub nbd: String,
+    /// The export name clients ask for (default: the file name of SOURCE).
+    #[arg(long, value_name = "NAME")]
+    pub export: Option<String>,
+    /// Exit when the first client disconnects.
+    #[arg(long)]
+    pub once: bool,
+    /// Report holes shorter than BYTES between data as data in block status (fewer round
+    /// trips for copying clients; reads still send them as holes). 0: every hole.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub min_hole: u32,
+    #[command(flatten)]
+    pub open: OpenArgs,
 }
 
 /// Reports a usage error of `subcommand` the way clap does (message, usage line) and

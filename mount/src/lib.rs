@@ -1,4 +1,7 @@
 //! vdr-mount: a read-only FUSE file system (fuser) over virtual disks and VMFS trees, and
-//! later a read-only NBD export.
+//! a read-only NBD export of a virtual disk ([`nbd`]).
 //!
-//! Not written yet: it arrives with the mount issue. It depends on vdr-formats only.
+//! What it is not for: format logic (vdr-formats) or the command line (the `vdr` crate).
+//! Nothing here ever writes to the disk it exports. It depends on vdr-formats only.
+
+pub mod nbd;
