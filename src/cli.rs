@@ -35,6 +35,10 @@ pub enum Command {
     Ls(LsArgs),
     /// Copy files, directories or the whole tree out of a VMFS datastore.
     Extract(ExtractArgs),
+    /// Mount an image (disk.raw, pN.raw, info.json) or a VMFS datastore read-only (FUSE).
+    Mount(MountArgs),
+    /// Unmount a `vdr mount` (also one left dead by a killed process).
+    Umount(UmountArgs),
 }
 
 /// Options shared by the commands that open one image.
@@ -256,6 +260,44 @@ pub struct ExtractArgs {
     pub json: bool,
     #[command(flatten)]
     pub datastore_args: DatastoreArgs,
+}
+
+/// `vdr mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An image or chain (qcow2, vmdk, raw, `DATASTORE::/path`), or a VMFS datastore
+    /// (device or image).
+    pub source: PathBuf,
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Serve in this process until Ctrl-C/SIGTERM or `vdr umount`, logging read errors,
+    /// instead of returning once mounted.
+    #[arg(long)]
+    pub foreground: bool,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// Read unreadable ranges as zeros instead of failing those reads with EIO.
+    #[arg(long, value_enum, value_name = "WITH")]
+    pub fill_unreadable: Option<FillArg>,
+    /// Mount SOURCE as a VMFS datastore even when its first sectors do not say so.
+    #[arg(long)]
+    pub vmfs: bool,
+    /// Another device of a spanned VMFS datastore (repeatable); implies --vmfs.
+    #[arg(long, value_name = "PATH")]
+    pub extent: Vec<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+}
+
+/// `vdr umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point of a `vdr mount`.
+    pub mountpoint: PathBuf,
+    /// Detach it even while busy; it goes away when the last user closes it.
+    #[arg(long)]
+    pub lazy: bool,
 }
 
 /// Reports a usage error of `subcommand` the way clap does (message, usage line) and

@@ -9,6 +9,7 @@ mod extract;
 mod info;
 mod ls;
 mod map;
+mod mount;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub fn run(command: Command) -> Result<Status> {
         Command::Compare(args) => compare::run(&args),
         Command::Ls(args) => ls::run(&args),
         Command::Extract(args) => extract::run(&args),
+        Command::Mount(args) => mount::run(&args),
+        Command::Umount(args) => mount::run_umount(&args),
     }
 }
 

@@ -1,0 +1,268 @@
+//! The FUSE handlers over a [`Tree`]: lookup, getattr, readdir, readlink, open, read and
+//! statfs. Everything is read-only: opening for write, and every handler that would
+//! change something, answers EROFS.
+//!
+//! Reads go straight to `VirtualDisk::read_at` on the calling FUSE worker thread
+//! (`VirtualDisk` is `Send + Sync`; the formats keep their own table caches). Disk files
+//! are opened with FOPEN_DIRECT_IO so a `dd bs=1M` arrives as 1 MiB requests instead of
+//! the kernel's 128 KiB readahead pieces.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+use vdr_formats::{ExtentKind, VirtualDisk};
+
+use crate::tree::{Content, Kind, Node, Tree};
+use crate::FillUnreadable;
+
+/// How long the kernel may keep attributes and names: the tree never changes.
+const TTL: Duration = Duration::from_secs(3600);
+/// Largest read served at once (the kernel asks for at most max_pages × 4 KiB).
+const MAX_READ: u32 = 16 << 20;
+/// The readahead asked of the kernel (it may grant less).
+const READAHEAD: u32 = 4 << 20;
+
+/// A read-only FUSE file system over a fixed tree.
+pub struct ReadOnlyFs {
+    tree: Tree,
+    fill: FillUnreadable,
+    uid: u32,
+    gid: u32,
+}
+
+impl ReadOnlyFs {
+    /// Serves `tree`; files and directories belong to `uid`:`gid`.
+    pub fn new(tree: Tree, fill: FillUnreadable, uid: u32, gid: u32) -> ReadOnlyFs {
+        ReadOnlyFs {
+            tree,
+            fill,
+            uid,
+            gid,
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let (kind, size, perm, nlink) = match &node.kind {
+            Kind::Dir(children) => (FileType::Directory, 0, 0o555, 2 + children.len() as u32),
+            Kind::File(content) => (FileType::RegularFile, content.size(), 0o444, 1),
+            Kind::Symlink(target) => (FileType::Symlink, target.len() as u64, 0o777, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: node.atime,
+            mtime: node.mtime,
+            ctime: node.ctime,
+            crtime: node.ctime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            flags: 0,
+            blksize: 1 << 20,
+        }
+    }
+
+    /// The bytes of `content` in `[offset, offset + size)`, short at the end of the file
+    /// or before an unreadable range (EIO when the request starts in one, unless
+    /// unreadable ranges are filled with zeros).
+    fn read_content(&self, content: &Content, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        if let Content::Bytes(bytes) = content {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = start.saturating_add(size as usize).min(bytes.len());
+            return Ok(bytes[start..end].to_vec());
+        }
+        let (disk, start, len) = match content.disk_range() {
+            Ok(Some(range)) => range,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => {
+                eprintln!("vdr mount: {e}");
+                return Err(Errno::EIO);
+            }
+        };
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let want = u64::from(size.min(MAX_READ)).min(len - offset);
+        let at = start + offset;
+        let mut buf = vec![0u8; want as usize];
+        match disk.read_at(&mut buf, at) {
+            Ok(()) => Ok(buf),
+            Err(first) => self.read_around_damage(disk.as_ref(), &mut buf, at, first),
+        }
+    }
+
+    /// After a failed read at `at`: reads the extents one by one, zero-filling
+    /// unreadable ones (`--fill-unreadable zeros`) or stopping before the first.
+    fn read_around_damage(
+        &self,
+        disk: &dyn VirtualDisk,
+        buf: &mut [u8],
+        at: u64,
+        first: vdr_formats::Error,
+    ) -> Result<Vec<u8>, Errno> {
+        let extents = disk.map(at, buf.len() as u64).map_err(|e| {
+            eprintln!("vdr mount: {first}; mapping it: {e}");
+            Errno::EIO
+        })?;
+        for extent in extents {
+            let from = (extent.offset - at) as usize;
+            let to = (extent.end() - at) as usize;
+            let Some(piece) = buf.get_mut(from..to) else {
+                break;
+            };
+            let failed = match &extent.kind {
+                ExtentKind::Unreadable { reason } => Some(reason.clone()),
+                _ => disk
+                    .read_at(piece, extent.offset)
+                    .err()
+                    .map(|e| e.to_string()),
+            };
+            if let Some(reason) = failed {
+                if self.fill == FillUnreadable::Zeros {
+                    piece.fill(0);
+                    continue;
+                }
+                eprintln!(
+                    "vdr mount: bytes {:#x}..{:#x} unreadable: {reason}",
+                    extent.offset,
+                    extent.end()
+                );
+                if from == 0 {
+                    return Err(Errno::EIO);
+                }
+                return Ok(buf[..from].to_vec());
+            }
+        }
+        Ok(buf.to_vec())
+    }
+}
+
+impl Filesystem for ReadOnlyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_readahead(READAHEAD) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = name
+            .to_str()
+            .and_then(|n| self.tree.child(parent.into(), n))
+            .and_then(|ino| Some((ino, self.tree.get(ino)?)));
+        match found {
+            Some((ino, node)) => reply.entry(&TTL, &self.attr(ino, node), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.tree.get(ino.into()) {
+            Some(node) => reply.attr(&TTL, &self.attr(ino.into(), node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.tree.get(ino.into()).map(|n| &n.kind) {
+            Some(Kind::Symlink(target)) => reply.data(target),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree.get(ino.into()).map(|n| &n.kind) {
+            Some(Kind::File(Content::Bytes(_))) => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Some(Kind::File(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
+            Some(Kind::Dir(_)) => reply.error(Errno::EISDIR),
+            Some(Kind::Symlink(_)) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.tree.get(ino.into()).map(|n| &n.kind) {
+            Some(Kind::File(content)) => match self.read_content(content, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(errno) => reply.error(errno),
+            },
+            Some(Kind::Dir(_)) => reply.error(Errno::EISDIR),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(node) = self.tree.get(ino.into()) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Kind::Dir(children) = &node.kind else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let dots = [
+            (u64::from(ino), FileType::Directory, "."),
+            (node.parent, FileType::Directory, ".."),
+        ];
+        let entries = dots
+            .into_iter()
+            .chain(children.iter().map(|(name, &child)| {
+                let kind = match self.tree.get(child).map(|n| &n.kind) {
+                    Some(Kind::Dir(_)) => FileType::Directory,
+                    Some(Kind::Symlink(_)) => FileType::Symlink,
+                    _ => FileType::RegularFile,
+                };
+                (child, kind, name.as_str())
+            }));
+        for (i, (child, kind, name)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, 0, 0, 1 << 20, 255, 1 << 20);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            reply.error(Errno::EROFS)
+        } else {
+            reply.ok()
+        }
+    }
+}
