@@ -48,9 +48,13 @@ if [ ! -f "$img" ]; then
     mv "$img.part" "$img"
 fi
 if [ ! -f "$simg" ]; then
+    # Written under its final name: the embedded descriptor names the file, and
+    # vmdkmount follows that name (a renamed .part would not open).
     echo "bench: generating $simg"
-    qemu-img convert -O vmdk -o subformat=streamOptimized "$img" "$simg.part"
-    mv "$simg.part" "$simg"
+    qemu-img convert -O vmdk -o subformat=streamOptimized "$img" "$simg" || {
+        rm -f "$simg"
+        exit 1
+    }
 fi
 if [ ! -f "$raw" ]; then
     echo "bench: generating $raw (qemu-img convert -O raw, sparse)"

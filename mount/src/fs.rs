@@ -7,6 +7,7 @@
 //! are opened with FOPEN_DIRECT_IO so a `dd bs=1M` arrives as 1 MiB requests instead of
 //! the kernel's 128 KiB readahead pieces.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::time::Duration;
 
@@ -26,6 +27,11 @@ const TTL: Duration = Duration::from_secs(3600);
 const MAX_READ: u32 = 16 << 20;
 /// The readahead asked of the kernel (it may grant less).
 const READAHEAD: u32 = 4 << 20;
+
+thread_local! {
+    /// The read buffer of one FUSE worker thread (at most [`MAX_READ`] bytes).
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A read-only FUSE file system over a fixed tree.
 pub struct ReadOnlyFs {
@@ -71,46 +77,58 @@ impl ReadOnlyFs {
         }
     }
 
-    /// The bytes of `content` in `[offset, offset + size)`, short at the end of the file
-    /// or before an unreadable range (EIO when the request starts in one, unless
-    /// unreadable ranges are filled with zeros).
-    fn read_content(&self, content: &Content, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// Replies with the bytes of `content` in `[offset, offset + size)`, short at the end
+    /// of the file or before an unreadable range (EIO when the request starts in one,
+    /// unless unreadable ranges are filled with zeros).
+    fn read_content(&self, content: &Content, offset: u64, size: u32, reply: ReplyData) {
         if let Content::Bytes(bytes) = content {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
             let end = start.saturating_add(size as usize).min(bytes.len());
-            return Ok(bytes[start..end].to_vec());
+            return reply.data(&bytes[start..end]);
         }
         let (disk, start, len) = match content.disk_range() {
             Ok(Some(range)) => range,
-            Ok(None) => return Ok(Vec::new()),
+            Ok(None) => return reply.data(&[]),
             Err(e) => {
                 eprintln!("vdr mount: {e}");
-                return Err(Errno::EIO);
+                return reply.error(Errno::EIO);
             }
         };
         if offset >= len {
-            return Ok(Vec::new());
+            return reply.data(&[]);
         }
-        let want = u64::from(size.min(MAX_READ)).min(len - offset);
+        let want = u64::from(size.min(MAX_READ)).min(len - offset) as usize;
         let at = start + offset;
-        let mut buf = vec![0u8; want as usize];
-        match disk.read_at(&mut buf, at) {
-            Ok(()) => Ok(buf),
-            Err(first) => self.read_around_damage(disk.as_ref(), &mut buf, at, first),
-        }
+        // One buffer per worker thread, reused: a fresh 1 MiB buffer per request costs
+        // page faults (or a memset) that showed up as ~15% of sequential throughput.
+        READ_BUFFER.with_borrow_mut(|buf| {
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
+            let buf = &mut buf[..want];
+            let served = match disk.read_at(buf, at) {
+                Ok(()) => Ok(want),
+                Err(first) => self.read_around_damage(disk.as_ref(), buf, at, first),
+            };
+            match served {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(errno) => reply.error(errno),
+            }
+        });
     }
 
     /// After a failed read at `at`: reads the extents one by one, zero-filling
     /// unreadable ones (`--fill-unreadable zeros`) or stopping before the first.
+    /// Returns how many bytes of `buf` hold content.
     fn read_around_damage(
         &self,
         disk: &dyn VirtualDisk,
         buf: &mut [u8],
         at: u64,
         first: vdr_formats::Error,
-    ) -> Result<Vec<u8>, Errno> {
+    ) -> Result<usize, Errno> {
         let extents = disk.map(at, buf.len() as u64).map_err(|e| {
             eprintln!("vdr mount: {first}; mapping it: {e}");
             Errno::EIO
@@ -141,10 +159,10 @@ impl ReadOnlyFs {
                 if from == 0 {
                     return Err(Errno::EIO);
                 }
-                return Ok(buf[..from].to_vec());
+                return Ok(from);
             }
         }
-        Ok(buf.to_vec())
+        Ok(buf.len())
     }
 }
 
@@ -209,10 +227,7 @@ impl Filesystem for ReadOnlyFs {
         reply: ReplyData,
     ) {
         match self.tree.get(ino.into()).map(|n| &n.kind) {
-            Some(Kind::File(content)) => match self.read_content(content, offset, size) {
-                Ok(data) => reply.data(&data),
-                Err(errno) => reply.error(errno),
-            },
+            Some(Kind::File(content)) => self.read_content(content, offset, size, reply),
             Some(Kind::Dir(_)) => reply.error(Errno::EISDIR),
             _ => reply.error(Errno::ENOENT),
         }
