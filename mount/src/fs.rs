@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
@@ -88,7 +88,7 @@ impl ReadOnlyFs {
             let end = start.saturating_add(size as usize).min(bytes.len());
             return reply.data(&bytes[start..end]);
         }
-        let (disk, start, len) = match content.disk_range() {
+        let (disk, start, len) = match guarded(|| content.disk_range()) {
             Ok(Some(range)) => range,
             Ok(None) => return reply.data(&[]),
             Err(e) => {
@@ -108,10 +108,10 @@ impl ReadOnlyFs {
                 buf.resize(want, 0);
             }
             let buf = &mut buf[..want];
-            let served = match disk.read_at(buf, at) {
+            let served = guarded(|| match disk.read_at(buf, at) {
                 Ok(()) => Ok(want),
                 Err(first) => self.read_around_damage(disk.as_ref(), buf, at, first),
-            };
+            });
             match served {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(errno) => reply.error(errno),
@@ -166,11 +166,37 @@ impl ReadOnlyFs {
     }
 }
 
+/// Runs `f`, turning a panic into EIO: a bug met on strange input must fail one read,
+/// not leave the reader waiting forever for a reply a dead worker will never send.
+fn guarded<T, E: From<Panicked>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        eprintln!("vdr mount: a read panicked; answered EIO");
+        Err(E::from(Panicked))
+    })
+}
+
+/// A read that panicked (see [`guarded`]).
+struct Panicked;
+
+impl From<Panicked> for Errno {
+    fn from(_: Panicked) -> Errno {
+        Errno::EIO
+    }
+}
+
+impl From<Panicked> for String {
+    fn from(_: Panicked) -> String {
+        "the read panicked".into()
+    }
+}
+
 impl Filesystem for ReadOnlyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(nearest) = config.set_max_readahead(READAHEAD) {
             let _ = config.set_max_readahead(nearest);
         }
+        // Lets a direct-I/O file be mmapped (Linux 6.6+); older kernels refuse mmap.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
