@@ -18,8 +18,8 @@ use fuser::{
 };
 use vdr_formats::{ExtentKind, VirtualDisk};
 
+use crate::session::FillUnreadable;
 use crate::tree::{Content, Kind, Node, Tree};
-use crate::FillUnreadable;
 
 /// How long the kernel may keep attributes and names: the tree never changes.
 const TTL: Duration = Duration::from_secs(3600);
