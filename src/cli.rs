@@ -383,6 +383,24 @@ mod tests {
     }
 
     #[test]
+    fn mount_serves_in_the_background_by_default() {
+        let cli = Cli::try_parse_from(["vdr", "mount", "ds.img", "/mnt", "--extent", "b.img"])
+            .expect("parses");
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount");
+        };
+        assert!(!args.foreground && !args.open.salvage && args.fill_unreadable.is_none());
+        assert_eq!(args.extent.len(), 1);
+        assert_eq!(args.threads, 4);
+        assert!(Cli::try_parse_from(["vdr", "mount", "a.qcow2"]).is_err());
+        let cli = Cli::try_parse_from(["vdr", "umount", "/mnt", "--lazy"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Umount(UmountArgs { lazy: true, .. })
+        ));
+    }
+
+    #[test]
     fn ls_lists_the_root_by_default_and_takes_extents() {
         let cli = Cli::try_parse_from([
             "vdr", "ls", "a.img", "--extent", "b.img", "--extent", "c.img",

@@ -519,6 +519,15 @@ fn datastore_mounts_as_its_tree_with_flat_views() {
         },
     ));
     spec.files.push(FileSpec::dir("/empty"));
+    // A descriptor whose extent is missing: its flat view is there, and reads fail.
+    spec.files.push(FileSpec::file(
+        "/broken/b.vmdk",
+        Data::Bytes(
+            b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+              createType=\"vmfs\"\n\n# Extent description\nRW 8192 VMFS \"b-flat.vmdk\"\n"
+                .to_vec(),
+        ),
+    ));
     spec.files.push(FileSpec::symlink("/current", "vm"));
     let img = d.join("ds.img");
     let manifest = build(&spec, &img).unwrap();
@@ -541,6 +550,7 @@ fn datastore_mounts_as_its_tree_with_flat_views() {
         .filter(|e| e.path != "/" && !e.deleted)
         .map(|e| e.path.clone())
         .chain(flat_views.iter().cloned())
+        .chain(["/broken/b.raw".to_string()])
         .collect();
     want.sort();
     assert_eq!(
@@ -568,6 +578,10 @@ fn datastore_mounts_as_its_tree_with_flat_views() {
             ),
         }
     }
+    let broken = File::open(mount.path("broken/b.raw")).unwrap();
+    let err = broken.read_exact_at(&mut [0u8; 512], 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(broken);
     for (layer, view) in layers.iter().zip(&flat_views) {
         let got = std::fs::read(mount.path(&view[1..])).unwrap();
         assert!(got == layer.expected, "{view} is the chain's content");

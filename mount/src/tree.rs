@@ -139,3 +139,41 @@ pub fn node(kind: Kind, time: SystemTime) -> Node {
         ctime: time,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_added_once_per_directory() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut tree = Tree::new(t0);
+        let dir = tree
+            .add(ROOT, "vm", node(Kind::Dir(BTreeMap::new()), t0))
+            .expect("added");
+        let bytes = || Kind::File(Content::Bytes(Arc::from(&b"abc"[..])));
+        let file = tree.add(dir, "a.raw", node(bytes(), t0)).expect("added");
+        assert_eq!(tree.add(dir, "a.raw", node(bytes(), t0)), None);
+        assert_eq!(tree.child(dir, "a.raw"), Some(file));
+        assert_eq!(tree.get(file).map(|n| n.parent), Some(dir));
+        assert_eq!(
+            tree.add(file, "x", node(bytes(), t0)),
+            None,
+            "files hold no children"
+        );
+        assert!(tree.get(0).is_none() && tree.get(99).is_none());
+    }
+
+    #[test]
+    fn a_lazy_disk_that_fails_to_open_is_empty_and_says_why() {
+        let content = Content::Lazy {
+            open: Box::new(|| Err("extent missing".to_string())),
+            disk: OnceLock::new(),
+        };
+        assert_eq!(content.size(), 0);
+        assert_eq!(
+            content.disk_range().err().as_deref(),
+            Some("extent missing")
+        );
+    }
+}
