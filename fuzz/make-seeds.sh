@@ -7,6 +7,7 @@
 #   vmdk_cowd        the fixture builders (fixtures/examples/vmdk_seeds.rs): COWD extents
 #   vmdk_sesparse    the fixture builders: seSparse extents
 #   vmfs             sparse-image records of VMFS volumes (corpus samples, fixture builder)
+#   partition        sfdisk-made GPT (also with the primary header zeroed) and MBR tables
 #   vmdk_descriptor  text descriptors of every subformat (qemu-img and the fixture
 #                    builders) and the descriptors embedded in qemu's sparse extents
 # Images are written twice, prefixed with a mode byte (0 = salvage, 1 = strict), as the
@@ -153,6 +154,21 @@ vmdk_descriptor_seeds() {
     sed 's/"flat-flat.vmdk"/"fl\xe4t.vmdk"/; s/$/\r/' vm/flat.vmdk > "$out/desc-latin1-crlf.vmdk"
 }
 
+# Small disks with sfdisk-made tables: GPT (and the same with its primary header zeroed,
+# so the backup path runs), MBR with an extended partition and two logical ones.
+partition_seeds() {
+    command -v sfdisk >/dev/null || { echo "make-seeds: sfdisk (fdisk) not found" >&2; exit 2; }
+    truncate -s 100K gpt.raw
+    printf 'label: gpt\nfirst-lba: 34\nstart=40, size=60, type=L\nstart=100, size=50, type=S\n' |
+        sfdisk --quiet gpt.raw
+    cp gpt.raw gpt-backup.raw
+    dd if=/dev/zero of=gpt-backup.raw bs=512 seek=1 count=1 conv=notrunc status=none
+    truncate -s 64K mbr.raw
+    printf 'label: dos\nstart=1, size=20, type=83\nstart=21, size=100, type=5\nstart=23, size=30, type=83\nstart=55, size=20, type=82\n' |
+        sfdisk --quiet mbr.raw
+    cp gpt.raw gpt-backup.raw mbr.raw "$out/"
+}
+
 case "$target" in
     qcow2) qcow2_seeds ;;
     vmdk_sparse) vmdk_sparse_seeds ;;
@@ -160,6 +176,7 @@ case "$target" in
     vmdk_sesparse) vmdk_sesparse_seeds ;;
     vmdk_descriptor) vmdk_descriptor_seeds ;;
     vmfs) vmfs_seeds ;;
+    partition) partition_seeds ;;
     *) echo "make-seeds: unknown target $target" >&2; exit 2 ;;
 esac
 echo "make-seeds: $(ls "$out" | wc -l) seeds in $out ($(du -sh "$out" | cut -f1))"

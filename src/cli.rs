@@ -37,6 +37,10 @@ pub enum Command {
     Extract(ExtractArgs),
     /// Export an image read-only over NBD (qemu-img, qemu-nbd clients, nbd-client).
     Serve(ServeArgs),
+    /// Mount an image (disk.raw, pN.raw, info.json) or a VMFS datastore read-only (FUSE).
+    Mount(MountArgs),
+    /// Unmount a `vdr mount` (also one left dead by a killed process).
+    Umount(UmountArgs),
 }
 
 /// Options shared by the commands that open one image.
@@ -282,6 +286,44 @@ pub struct ServeArgs {
     pub open: OpenArgs,
 }
 
+/// `vdr mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An image or chain (qcow2, vmdk, raw, `DATASTORE::/path`), or a VMFS datastore
+    /// (device or image).
+    pub source: PathBuf,
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Serve in this process until Ctrl-C/SIGTERM or `vdr umount`, logging read errors,
+    /// instead of returning once mounted.
+    #[arg(long)]
+    pub foreground: bool,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// Read unreadable ranges as zeros instead of failing those reads with EIO.
+    #[arg(long, value_enum, value_name = "WITH")]
+    pub fill_unreadable: Option<FillArg>,
+    /// Mount SOURCE as a VMFS datastore even when its first sectors do not say so.
+    #[arg(long)]
+    pub vmfs: bool,
+    /// Another device of a spanned VMFS datastore (repeatable); implies --vmfs.
+    #[arg(long, value_name = "PATH")]
+    pub extent: Vec<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+}
+
+/// `vdr umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point of a `vdr mount`.
+    pub mountpoint: PathBuf,
+    /// Detach it even while busy; it goes away when the last user closes it.
+    #[arg(long)]
+    pub lazy: bool,
+}
+
 /// Reports a usage error of `subcommand` the way clap does (message, usage line) and
 /// exits with 2.
 pub fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
@@ -362,6 +404,24 @@ mod tests {
         assert!(
             Cli::try_parse_from(["vdr", "extract", "ds.img", "/a", "b", "--all", "c"]).is_err()
         );
+    }
+
+    #[test]
+    fn mount_serves_in_the_background_by_default() {
+        let cli = Cli::try_parse_from(["vdr", "mount", "ds.img", "/mnt", "--extent", "b.img"])
+            .expect("parses");
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount");
+        };
+        assert!(!args.foreground && !args.open.salvage && args.fill_unreadable.is_none());
+        assert_eq!(args.extent.len(), 1);
+        assert_eq!(args.threads, 4);
+        assert!(Cli::try_parse_from(["vdr", "mount", "a.qcow2"]).is_err());
+        let cli = Cli::try_parse_from(["vdr", "umount", "/mnt", "--lazy"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Umount(UmountArgs { lazy: true, .. })
+        ));
     }
 
     #[test]

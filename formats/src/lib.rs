@@ -14,6 +14,7 @@ pub mod disk;
 pub mod error;
 pub mod inflate;
 pub mod open;
+pub mod partition;
 pub mod qcow2;
 pub mod raw;
 pub mod source;

@@ -9,6 +9,7 @@ mod extract;
 mod info;
 mod ls;
 mod map;
+mod mount;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub fn run(command: Command) -> Result<Status> {
         Command::Ls(args) => ls::run(&args),
         Command::Extract(args) => extract::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Mount(args) => mount::run(&args),
+        Command::Umount(args) => mount::run_umount(&args),
     }
 }
 
