@@ -15,6 +15,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use serde_json::Value;
+use vdr_fixtures::vmfs::label;
 
 use crate::cli_support::vdr;
 
@@ -180,22 +181,6 @@ pub fn damaged_vmfs5(dir: &Path) -> PathBuf {
     )
 }
 
-/// CRC-32 (IEEE), for the GPT this test writes.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A disk image holding vmfs5 as partition 1 at 1 MiB, behind an MBR (type 0xfb) or a
 /// GPT (the VMFS type GUID).
 pub fn partitioned_vmfs5(dir: &Path, gpt: bool) -> PathBuf {
@@ -216,47 +201,19 @@ pub fn partitioned_vmfs5(dir: &Path, gpt: bool) -> PathBuf {
         .open(&disk)
         .expect("disk");
     file.set_len(disk_sectors * SECTOR).expect("size");
-    let mut mbr = [0u8; 512];
-    let entry = &mut mbr[446..462];
-    entry[4] = if gpt { 0xEE } else { 0xFB };
-    let (start, count) = if gpt {
-        (1u32, u32::try_from(disk_sectors - 1).unwrap_or(u32::MAX))
-    } else {
-        (2048, u32::try_from(part_sectors).expect("fits"))
-    };
-    entry[8..12].copy_from_slice(&start.to_le_bytes());
-    entry[12..16].copy_from_slice(&count.to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xAA;
-    file.write_all_at(&mbr, 0).expect("mbr");
     if gpt {
-        const VMFS_TYPE: [u8; 16] = [
-            0x2A, 0xE0, 0x31, 0xAA, 0x0F, 0x40, 0xDB, 0x11, 0x95, 0x90, 0x00, 0x0C, 0x29, 0x11,
-            0xD1, 0xB8,
-        ];
-        let mut entries = vec![0u8; 128 * 128];
-        entries[0..16].copy_from_slice(&VMFS_TYPE);
-        entries[16..32].copy_from_slice(&[7; 16]);
-        entries[32..40].copy_from_slice(&2048u64.to_le_bytes());
-        entries[40..48].copy_from_slice(&(2048 + part_sectors - 1).to_le_bytes());
-        let mut header = [0u8; 92];
-        header[0..8].copy_from_slice(b"EFI PART");
-        header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        header[12..16].copy_from_slice(&92u32.to_le_bytes());
-        header[24..32].copy_from_slice(&1u64.to_le_bytes());
-        header[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
-        header[40..48].copy_from_slice(&34u64.to_le_bytes());
-        header[48..56].copy_from_slice(&(disk_sectors - 34).to_le_bytes());
-        header[56..72].copy_from_slice(&[9; 16]);
-        header[72..80].copy_from_slice(&2u64.to_le_bytes());
-        header[80..84].copy_from_slice(&128u32.to_le_bytes());
-        header[84..88].copy_from_slice(&128u32.to_le_bytes());
-        header[88..92].copy_from_slice(&crc32(&entries).to_le_bytes());
-        let crc = crc32(&header);
-        header[16..20].copy_from_slice(&crc.to_le_bytes());
-        file.write_all_at(&header, SECTOR).expect("gpt header");
-        file.write_all_at(&entries, 2 * SECTOR)
-            .expect("gpt entries");
+        for (at, bytes) in label::gpt(
+            disk_sectors,
+            2048,
+            2048 + part_sectors - 1,
+            [9; 16],
+            [7; 16],
+        ) {
+            file.write_all_at(&bytes, at).expect("gpt");
+        }
+    } else {
+        file.write_all_at(&label::mbr(0xFB, 2048, part_sectors), 0)
+            .expect("mbr");
     }
     disk
 }
