@@ -46,6 +46,20 @@ impl std::fmt::Debug for FileSystemRef {
     }
 }
 
+/// `posix_fadvise(WILLNEED)` on `[at, at+len)` of `file`: the kernel starts reading now.
+/// A hint is only a hint: errors are ignored.
+pub fn advise_will_need(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments and the descriptor, which is
+    // open and owned by the borrowed `File`; it changes no memory of this process.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
 /// One run of [`Source::layout`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceRun {
@@ -76,6 +90,14 @@ pub trait Source: Send + Sync {
     /// The underlying plain file, when there is one: lets writers use `copy_file_range`.
     fn as_file(&self) -> Option<&File> {
         None
+    }
+
+    /// Asks the kernel to start reading `[at, at+len)` now, so a sequential copy keeps the
+    /// disk busy while it writes or sends. A hint: sources without a file ignore it.
+    fn will_need(&self, at: u64, len: u64) {
+        if let Some(file) = self.as_file() {
+            advise_will_need(file, at, len);
+        }
     }
 
     /// The path the source was opened from, when it is a file: used to resolve names that

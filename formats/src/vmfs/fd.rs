@@ -125,6 +125,8 @@ pub struct FileDescriptor {
     pub blocks: Vec<u64>,
     /// The data area (resident data, a symlink target, an RDM's SCSI id).
     pub resident: Vec<u8>,
+    /// Where the data area starts inside the FD.
+    pub resident_at: u64,
 }
 
 impl FileDescriptor {
@@ -246,6 +248,7 @@ impl FileDescriptor {
             block_shift,
             blocks,
             resident,
+            resident_at: data_at as u64,
         })
     }
 

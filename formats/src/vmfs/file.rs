@@ -56,6 +56,18 @@ impl Volume {
         }
     }
 
+    /// Decodes a block-array or pointer-block entry as this volume's version writes them
+    /// (VMFS3/5 entries are 32 bits; anything wider there is damage).
+    fn decode(&self, raw: u64) -> Addr {
+        if self.fs.is_vmfs6() {
+            return Addr::decode64(raw);
+        }
+        match u32::try_from(raw) {
+            Ok(a) => Addr::decode32(a, self.fs.dense_sub_blocks()),
+            Err(_) => Addr::Other { kind: 0, raw },
+        }
+    }
+
     /// Reads the pointer block at `addr` (cached).
     fn pointer_block(&self, addr: u64, depth: u32) -> Result<Arc<Vec<u8>>, String> {
         if let Some(pb) = self
@@ -66,14 +78,7 @@ impl Volume {
         {
             return Ok(pb);
         }
-        let decoded = if self.fs.is_vmfs6() {
-            Addr::decode64(addr)
-        } else {
-            match u32::try_from(addr) {
-                Ok(a) => Addr::decode32(a, self.fs.dense_sub_blocks()),
-                Err(_) => return Err(format!("pointer {addr:#x} does not fit 32 bits")),
-            }
-        };
+        let decoded = self.decode(addr);
         let (res, cluster, resource) = match decoded {
             Addr::PointerBlock { cluster, resource } => (self.res.pbc.get(), cluster, resource),
             Addr::PointerBlock2 { cluster, resource } => (self.res.pb2.get(), cluster, resource),
@@ -169,12 +174,11 @@ impl Volume {
             });
         }
         if fd.zla == ZLA_RESIDENT {
-            let data_at = self.fs.fd_size() - fd.resident.len() as u64;
             let room = fd.resident.len() as u64;
             return Ok(if offset < room {
                 Piece {
                     len: left.min(room - offset),
-                    kind: PieceKind::Data(fd.lv_offset + data_at + offset),
+                    kind: PieceKind::Data(fd.lv_offset + fd.resident_at + offset),
                 }
             } else {
                 Piece {
@@ -206,14 +210,7 @@ impl Volume {
                 return Ok(unreadable(why));
             }
         };
-        let addr = if self.fs.is_vmfs6() {
-            Addr::decode64(raw)
-        } else {
-            match u32::try_from(raw) {
-                Ok(a) => Addr::decode32(a, self.fs.dense_sub_blocks()),
-                Err(_) => Addr::Other { kind: 0, raw },
-            }
-        };
+        let addr = self.decode(raw);
         let (natural, lv_base) = match addr {
             Addr::Null => {
                 return Ok(Piece {
@@ -448,6 +445,15 @@ impl Source for VmfsFile {
 
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+
+    /// Passes the hint on to the volume for the stored pieces of the range.
+    fn will_need(&self, at: u64, len: u64) {
+        for piece in self.map(at, len).unwrap_or_default() {
+            if let PieceKind::Data(lv) = piece.kind {
+                self.volume.lv.will_need(lv, piece.len);
+            }
+        }
     }
 
     fn layout(&self, offset: u64, len: u64) -> Option<Vec<SourceRun>> {

@@ -396,33 +396,6 @@ impl LogicalVolume {
         self.runs.iter().filter(|r| r.target.is_none())
     }
 
-    /// Asks the kernel to start reading LV bytes `[at, at+len)` from their devices now,
-    /// so a sequential copy keeps the disk busy while it writes (a hint: errors ignored).
-    pub fn will_need(&self, at: u64, len: u64) {
-        use std::os::fd::AsRawFd;
-        let end = at.saturating_add(len).min(self.size);
-        let mut pos = at;
-        while pos < end {
-            let Some((target, left)) = self.locate(pos) else {
-                return;
-            };
-            let n = left.min(end - pos);
-            if let Some((dev, dev_at)) = target {
-                if let (Some(file), Ok(offset), Ok(n)) =
-                    (dev.as_file(), i64::try_from(dev_at), i64::try_from(n))
-                {
-                    // SAFETY: posix_fadvise reads only its integer arguments and the
-                    // descriptor, which the borrowed File keeps open; no memory of this
-                    // process is touched.
-                    unsafe {
-                        libc::posix_fadvise(file.as_raw_fd(), offset, n, libc::POSIX_FADV_WILLNEED);
-                    }
-                }
-            }
-            pos += n;
-        }
-    }
-
     /// Where LV offset `at` lives: the device and its byte offset, and how many bytes
     /// the run continues; None for a missing range.
     pub fn locate(&self, at: u64) -> Option<(Option<(&SourceRef, u64)>, u64)> {
@@ -474,5 +447,21 @@ impl Source for LogicalVolume {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Passes the hint on to the devices holding `[at, at+len)`.
+    fn will_need(&self, at: u64, len: u64) {
+        let end = at.saturating_add(len).min(self.size);
+        let mut pos = at;
+        while pos < end {
+            let Some((target, left)) = self.locate(pos) else {
+                return;
+            };
+            let n = left.min(end - pos);
+            if let Some((dev, dev_at)) = target {
+                dev.will_need(dev_at, n);
+            }
+            pos += n;
+        }
     }
 }

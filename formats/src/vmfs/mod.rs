@@ -57,7 +57,7 @@ pub fn open(devices: &[SourceRef], mode: ParseMode) -> Result<Arc<Volume>, Error
     })?;
     let name = first.name().to_string();
     let mut findings: Vec<Finding> = Vec::new();
-    let mut members: Vec<(SourceRef, Candidate, Option<DeviceHeader>)> = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
     for dev in devices {
         let candidates = find_partitions(dev.as_ref());
         let Some(c) = candidates.into_iter().next() else {
@@ -116,122 +116,158 @@ pub fn open(devices: &[SourceRef], mode: ParseMode) -> Result<Arc<Volume>, Error
         .unwrap_or(0);
     members.swap(0, head);
     let head_volume = members[0].2.as_ref().and_then(|h| h.volume.clone());
-    let located = |m: &(SourceRef, Candidate, Option<DeviceHeader>)| Device {
+    let (lv, devs) = match &head_volume {
+        Some(v) if members[0].2.as_ref().is_some_and(|h| !h.extents.is_empty()) => {
+            assemble_spanned(&name, v, &members, mode, &mut findings)?
+        }
+        _ => assemble_linear(&name, &members[0], &mut findings),
+    };
+    Volume::bootstrap(name, Arc::new(lv), devs, mode, findings).map(Arc::new)
+}
+
+/// One given device: its source, where its VMFS partition is, its LVM header if readable.
+type Member = (SourceRef, Candidate, Option<DeviceHeader>);
+
+fn device_of(m: &Member) -> Device {
+    Device {
         file: m.0.name().to_string(),
         partition_offset: m.1.partition_offset,
         located: m.1.located.clone(),
         header: m.2.clone(),
-    };
-    let lv = match &head_volume {
-        Some(v) if members[0].2.as_ref().is_some_and(|h| !h.extents.is_empty()) => {
-            let mut parts = Vec::new();
-            let mut used = Vec::new();
-            for m in &members {
-                let header =
-                    m.2.as_ref()
-                        .filter(|h| h.volume.as_ref().is_some_and(|mv| mv.lv_uuid == v.lv_uuid));
-                if let Some(header) = header {
-                    parts.push((m.0.clone(), m.1.partition_offset, header.clone()));
-                    used.push(located(m));
-                } else {
-                    findings.push(finding(
-                        m.0.name(),
-                        m.1.partition_offset,
-                        "LVM device header",
-                        Severity::Warning,
-                        format!(
-                            "this device belongs to another volume than {}; it is left out",
-                            v.lv_uuid
-                        ),
-                    ));
-                }
-            }
-            let given = parts.len();
-            let expected = v.num_devices.max(1);
-            let names = members[0]
-                .2
-                .as_ref()
-                .map(|h| h.device_names.clone())
-                .unwrap_or_default();
-            let mut lv = LogicalVolume::assemble(name.clone(), v.logical_size, parts);
-            lv.name_missing(expected, &names);
-            // Only the head device (first PE 0, dissect's "devZero") has the volume's
-            // start, where the FS descriptor and every system file live (research/
-            // vmfs-recovery.md §5): without it there is nothing to open, in any mode.
-            let head_missing = v.first_pe != 0;
-            if lv.missing().next().is_some() || (given as u32) < expected || head_missing {
-                let mut missing: Vec<String> = lv
-                    .missing()
-                    .map(|r| lv.missing_description(r.logical))
-                    .collect();
-                if missing.is_empty() {
-                    missing.push("no LV range (the PE tables cover the volume)".into());
-                }
-                let mut missing = missing.join("; ");
-                if !names.is_empty() {
-                    missing.push_str(&format!(
-                        "; the head device's SD table names the volume's devices: {}",
-                        names.join(", ")
-                    ));
-                }
-                if head_missing {
-                    missing.push_str(
-                        "; without the head device nothing can be read (carve the given devices instead)",
-                    );
-                }
-                if mode == ParseMode::Strict || head_missing {
-                    return Err(Error::MissingExtents {
-                        volume: name,
-                        expected,
-                        given,
-                        missing,
-                    });
-                }
-                findings.push(finding(
-                    &name,
-                    0,
-                    "LVM volume",
-                    Severity::Error,
-                    format!(
-                        "the volume spans {expected} devices, {given} given; unreadable: {missing}"
-                    ),
-                ));
-            }
-            (lv, used)
+    }
+}
+
+/// The LV of volume `v` from the PE tables of the members that belong to it (the head
+/// first). Missing devices: strict mode refuses naming what is missing; salvage keeps
+/// their ranges as missing runs with a finding. Without the head nothing opens.
+fn assemble_spanned(
+    name: &str,
+    v: &lvm::VolumeDescriptor,
+    members: &[Member],
+    mode: ParseMode,
+    findings: &mut Vec<Finding>,
+) -> Result<(LogicalVolume, Vec<Device>), Error> {
+    let mut parts = Vec::new();
+    let mut used = Vec::new();
+    for m in members {
+        let header =
+            m.2.as_ref()
+                .filter(|h| h.volume.as_ref().is_some_and(|mv| mv.lv_uuid == v.lv_uuid));
+        if let Some(header) = header {
+            parts.push((m.0.clone(), m.1.partition_offset, header.clone()));
+            used.push(device_of(m));
+        } else {
+            findings.push(finding(
+                m.0.name(),
+                m.1.partition_offset,
+                "LVM device header",
+                Severity::Warning,
+                format!(
+                    "this device belongs to another volume than {}; it is left out",
+                    v.lv_uuid
+                ),
+            ));
         }
-        _ => {
-            let m = &members[0];
-            let start = if m.1.lv_only {
-                m.1.partition_offset
-            } else {
-                let data =
-                    m.2.as_ref()
-                        .map(|h| h.data_offset)
-                        .filter(|d| *d != 0)
-                        .unwrap_or(lvm::DEFAULT_DATA_OFFSET);
-                if m.2.is_some() {
-                    findings.push(finding(m.0.name(), m.1.partition_offset.saturating_add(lvm::DEVICE_HEADER_OFFSET), "LVM PE table", Severity::Warning, format!("no physical extents recorded; reading the LV linearly from partition + {data:#x}")));
-                }
-                m.1.partition_offset.saturating_add(data)
-            };
-            let size =
-                m.2.as_ref()
-                    .and_then(|h| h.volume.as_ref())
-                    .map(|v| v.logical_size)
-                    .filter(|s| *s > 0)
-                    .unwrap_or_else(|| m.0.len().saturating_sub(start));
-            let size = size.min(m.0.len().saturating_sub(start));
-            if m.1.lv_only {
-                findings.push(finding(m.0.name(), start + fs::FS_DESCRIPTOR_OFFSET, "LVM device header", Severity::Error, format!("no LVM header; the FS descriptor found by scanning puts the LV at {start:#x}")));
-            }
-            (
-                LogicalVolume::linear(name.clone(), m.0.clone(), start, size),
-                vec![located(m)],
-            )
+    }
+    let given = parts.len();
+    let expected = v.num_devices.max(1);
+    let names = members[0]
+        .2
+        .as_ref()
+        .map(|h| h.device_names.clone())
+        .unwrap_or_default();
+    let mut lv = LogicalVolume::assemble(name.to_string(), v.logical_size, parts);
+    lv.name_missing(expected, &names);
+    // Only the head device (first PE 0, dissect's "devZero") has the volume's start, where
+    // the FS descriptor and every system file live (research/vmfs-recovery.md §5):
+    // without it there is nothing to open, in any mode.
+    let head_missing = v.first_pe != 0;
+    if lv.missing().next().is_some() || (given as u32) < expected || head_missing {
+        let mut missing: Vec<String> = lv
+            .missing()
+            .map(|r| lv.missing_description(r.logical))
+            .collect();
+        if missing.is_empty() {
+            missing.push("no LV range (the PE tables cover the volume)".into());
         }
+        let mut missing = missing.join("; ");
+        if !names.is_empty() {
+            missing.push_str(&format!(
+                "; the head device's SD table names the volume's devices: {}",
+                names.join(", ")
+            ));
+        }
+        if head_missing {
+            missing.push_str(
+                "; without the head device nothing can be read (carve the given devices instead)",
+            );
+        }
+        if mode == ParseMode::Strict || head_missing {
+            return Err(Error::MissingExtents {
+                volume: name.to_string(),
+                expected,
+                given,
+                missing,
+            });
+        }
+        findings.push(finding(
+            name,
+            0,
+            "LVM volume",
+            Severity::Error,
+            format!("the volume spans {expected} devices, {given} given; unreadable: {missing}"),
+        ));
+    }
+    Ok((lv, used))
+}
+
+/// The LV read straight from one device when there is no usable PE table: from the LVM
+/// data offset (or vmfs-tools' fixed 0x1100000), or, with no LVM header at all, from where
+/// the scan found the FS descriptor. Both are reported as findings.
+fn assemble_linear(
+    name: &str,
+    m: &Member,
+    findings: &mut Vec<Finding>,
+) -> (LogicalVolume, Vec<Device>) {
+    let start = if m.1.lv_only {
+        m.1.partition_offset
+    } else {
+        let data =
+            m.2.as_ref()
+                .map(|h| h.data_offset)
+                .filter(|d| *d != 0)
+                .unwrap_or(lvm::DEFAULT_DATA_OFFSET);
+        if m.2.is_some() {
+            findings.push(finding(
+                m.0.name(),
+                m.1.partition_offset.saturating_add(lvm::DEVICE_HEADER_OFFSET),
+                "LVM PE table",
+                Severity::Warning,
+                format!("no physical extents recorded; reading the LV linearly from partition + {data:#x}"),
+            ));
+        }
+        m.1.partition_offset.saturating_add(data)
     };
-    let (lv, devs) = lv;
-    Volume::bootstrap(name, Arc::new(lv), devs, mode, findings).map(Arc::new)
+    let size =
+        m.2.as_ref()
+            .and_then(|h| h.volume.as_ref())
+            .map(|v| v.logical_size)
+            .filter(|s| *s > 0)
+            .unwrap_or_else(|| m.0.len().saturating_sub(start));
+    let size = size.min(m.0.len().saturating_sub(start));
+    if m.1.lv_only {
+        findings.push(finding(
+            m.0.name(),
+            start + fs::FS_DESCRIPTOR_OFFSET,
+            "LVM device header",
+            Severity::Error,
+            format!("no LVM header; the FS descriptor found by scanning puts the LV at {start:#x}"),
+        ));
+    }
+    (
+        LogicalVolume::linear(name.to_string(), m.0.clone(), start, size),
+        vec![device_of(m)],
+    )
 }
 
 fn finding(file: &str, offset: u64, structure: &str, severity: Severity, what: String) -> Finding {

@@ -10,6 +10,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use crate::source::advise_will_need;
+
 /// Why a copy stopped before its end.
 #[derive(Debug)]
 pub(super) enum CopyStop {
@@ -29,6 +31,9 @@ pub(super) fn copy_range(
     dst_at: u64,
     len: u64,
 ) -> Result<(), CopyStop> {
+    // Workers copy units at two or more places of one open file, whose shared readahead
+    // state then sees no sequential stream: on a cold cache copy_file_range fell back to
+    // small synchronous reads and ran slower than qemu-img's single reader.
     advise_will_need(src, src_at, len);
     let mut done = 0u64;
     while done < len {
@@ -69,22 +74,6 @@ pub(super) fn copy_range(
         }
     }
     Ok(())
-}
-
-/// Asks the kernel to start reading `[at, at+len)` of `file` now. Workers copy units at
-/// two or more places of one open file, whose shared readahead state then sees no
-/// sequential stream: on a cold cache copy_file_range fell back to small synchronous
-/// reads and ran slower than qemu-img's single reader. A hint is only a hint: errors are
-/// ignored.
-fn advise_will_need(file: &File, at: u64, len: u64) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: posix_fadvise only reads its integer arguments and the descriptor, which is
-    // open and owned by the borrowed `File`; it changes no memory of this process.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,6 @@
 //! the file itself keeps several requests of up to 2 MiB in flight. Without this, a cold
 //! cache copy through `vdr serve` was bound by disk latency (bench/serve.sh).
 
-use std::os::fd::AsRawFd;
-
 use vdr_formats::{ExtentKind, VirtualDisk};
 
 /// How far past the last read the data is requested.
@@ -41,22 +39,7 @@ impl Prefetch {
         };
         for extent in extents {
             if let ExtentKind::Data { source, at } = &extent.kind {
-                if let Some(file) = source.as_file() {
-                    let (Ok(offset), Ok(len)) = (i64::try_from(*at), i64::try_from(extent.len))
-                    else {
-                        continue;
-                    };
-                    // SAFETY: posix_fadvise only reads its integer arguments; the
-                    // descriptor is open for as long as `file` is borrowed.
-                    unsafe {
-                        libc::posix_fadvise(
-                            file.as_raw_fd(),
-                            offset,
-                            len,
-                            libc::POSIX_FADV_WILLNEED,
-                        );
-                    }
-                }
+                source.will_need(*at, extent.len);
             }
         }
     }
