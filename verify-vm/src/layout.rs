@@ -43,3 +43,12 @@ pub const I8042_COMMAND_PORT: u16 = 0x64;
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// vdr's exit port (like qemu's isa-debug-exit): a guest writes a status byte to stop.
 pub const EXIT_PORT: u16 = 0xf4;
+/// The ACPI hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG, 8 bits): a
+/// write with SLP_EN (bit 5) and SLP_TYP 5 (bits 2..4, the DSDT's \_S5) powers the VM off.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+/// The ACPI sleep status register (FADT SLEEP_STATUS_REG): reads as 0.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// The IO-APIC's registers (described in the MADT).
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// The local APICs' registers.
+pub const APIC_START: u64 = 0xfee0_0000;
