@@ -522,3 +522,56 @@ fn debian_cloud_kernel_does_not_fit_in_48_mib() {
 
     assert!(matches!(err, Error::KernelDoesNotFit { .. }), "{err}");
 }
+
+/// ACPICA's own disassembler is the oracle: it must decode every table without errors and
+/// see the devices and registers as Linux's ACPICA will.
+#[test]
+fn acpica_disassembles_the_tables_vdr_writes() {
+    if std::process::Command::new("iasl")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        println!("SKIP: iasl (acpica-tools) is not installed");
+        return;
+    }
+    let t = tables_of_three_vcpus_two_disks();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for (name, bytes) in [
+        ("facp", &t.fadt),
+        ("dsdt", &t.dsdt),
+        ("apic", &t.madt),
+        ("xsdt", &t.xsdt),
+    ] {
+        let path = dir.path().join(format!("{name}.dat"));
+        std::fs::write(&path, bytes).unwrap();
+
+        let out = std::process::Command::new("iasl")
+            .arg("-d")
+            .arg(&path)
+            .output()
+            .unwrap();
+
+        let log = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "iasl -d {name}: {log}");
+        assert!(
+            !log.contains("Error") && !log.contains("Warning"),
+            "{name}: {log}"
+        );
+        text += &std::fs::read_to_string(dir.path().join(format!("{name}.dsl"))).unwrap();
+    }
+
+    for expected in [
+        "Hardware Reduced (V5) : 1",
+        "Name (_S5, Package",
+        "\"LNRO0005\"",
+        "0xD0001000",
+        "EisaId (\"PNP0501\")",
+        "Local Apic ID : 02",
+        "I/O Apic ID : 03",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+}
