@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vdr_verify_vm::backend::GuestExit;
-use vdr_verify_vm::devices::MmioDevice;
+use vdr_verify_vm::devices::{IrqLine, MmioDevice};
+use vdr_verify_vm::host::{self, KvmSupport};
 use vdr_verify_vm::layout;
 use vdr_verify_vm::vmm::{EntryPoint, RunOutcome, Vm, VmConfig};
 use vm_memory::Bytes;
@@ -45,6 +46,9 @@ const RESET_GUEST: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4];
 
 /// `jmp $`
 const SPINNING_GUEST: &[u8] = &[0xeb, 0xfe];
+
+/// `cli; hlt`: blocked in the kernel, not spinning in the guest.
+const HALTED_GUEST: &[u8] = &[0xfa, 0xf4];
 
 /// `ud2` with the boot IDT (no usable entry): #UD, then #GP/#DF on delivery, a triple
 /// fault.
@@ -96,6 +100,109 @@ const MMIO_GUEST: &[u8] = &[
     0x04, 0x27, 0xee, 0xc3,
 ];
 
+/// The VMs run one at a time so the descriptor and thread counts of one test are not
+/// disturbed by another (each run takes milliseconds).
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs a 64-bit interrupt gate for vector 0x25 in an IDT at 0x2000, enables the LAPIC,
+/// routes IO-APIC pin 5 (layout::VIRTIO_IRQ_BASE) to vector 0x25, enables interrupts, asks
+/// the test device for an interrupt (write at offset 0x20) and halts. The handler sends
+/// EOI, prints "irq" and exits with status 5.
+///
+/// ```text
+///     lea rax, [rip + handler]
+///     mov rdi, 0x2000 + 0x25 * 16
+///     mov word ptr [rdi], ax
+///     mov word ptr [rdi + 2], 0x08
+///     mov word ptr [rdi + 4], 0x8e00
+///     shr rax, 16
+///     mov word ptr [rdi + 6], ax
+///     shr rax, 16
+///     mov dword ptr [rdi + 8], eax
+///     mov dword ptr [rdi + 12], 0
+///     lea rax, [rip + idtr]
+///     lidt [rax]
+///     mov rbx, 0xfee00000
+///     mov dword ptr [rbx + 0xf0], 0x1ff      # SVR: APIC on, spurious vector 0xff
+///     mov rcx, 0xfec00000
+///     mov dword ptr [rcx], 0x10 + 2 * 5      # redirection entry 5, low: vector 0x25
+///     mov dword ptr [rcx + 0x10], 0x25
+///     mov dword ptr [rcx], 0x11 + 2 * 5      # high: destination APIC 0
+///     mov dword ptr [rcx + 0x10], 0
+///     mov rdx, 0xd0000000
+///     sti
+///     mov dword ptr [rdx + 0x20], 1
+/// wait:
+///     hlt
+///     jmp wait
+/// handler:
+///     mov dword ptr [rbx + 0xb0], 0          # EOI
+///     mov dx, 0x3f8
+///     mov al, 'i'
+///     out dx, al
+///     mov al, 'r'
+///     out dx, al
+///     mov al, 'q'
+///     out dx, al
+///     mov al, '\n'
+///     out dx, al
+///     mov al, 5
+///     out 0xf4, al
+///     hlt
+/// idtr:
+///     .word 0xfff
+///     .quad 0x2000
+/// ```
+const INTERRUPT_GUEST: &[u8] = &[
+    0x48, 0x8d, 0x05, 0x83, 0x00, 0x00, 0x00, 0x48, 0xc7, 0xc7, 0x50, 0x22, 0x00, 0x00, 0x66, 0x89,
+    0x07, 0x66, 0xc7, 0x47, 0x02, 0x08, 0x00, 0x66, 0xc7, 0x47, 0x04, 0x00, 0x8e, 0x48, 0xc1, 0xe8,
+    0x10, 0x66, 0x89, 0x47, 0x06, 0x48, 0xc1, 0xe8, 0x10, 0x89, 0x47, 0x08, 0xc7, 0x47, 0x0c, 0x00,
+    0x00, 0x00, 0x00, 0x48, 0x8d, 0x05, 0x6f, 0x00, 0x00, 0x00, 0x0f, 0x01, 0x18, 0x48, 0xbb, 0x00,
+    0x00, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x00, 0xc7, 0x83, 0xf0, 0x00, 0x00, 0x00, 0xff, 0x01, 0x00,
+    0x00, 0x48, 0xb9, 0x00, 0x00, 0xc0, 0xfe, 0x00, 0x00, 0x00, 0x00, 0xc7, 0x01, 0x1a, 0x00, 0x00,
+    0x00, 0xc7, 0x41, 0x10, 0x25, 0x00, 0x00, 0x00, 0xc7, 0x01, 0x1b, 0x00, 0x00, 0x00, 0xc7, 0x41,
+    0x10, 0x00, 0x00, 0x00, 0x00, 0x48, 0xba, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00, 0xfb,
+    0xc7, 0x42, 0x20, 0x01, 0x00, 0x00, 0x00, 0xf4, 0xeb, 0xfd, 0xc7, 0x83, 0xb0, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x69, 0xee, 0xb0, 0x72, 0xee, 0xb0, 0x71,
+    0xee, 0xb0, 0x0a, 0xee, 0xb0, 0x05, 0xe6, 0xf4, 0xf4, 0xff, 0x0f, 0x00, 0x20, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00,
+];
+
+/// Routes IO-APIC pin 5 to vector 0x25 as [`INTERRUPT_GUEST`] does, but with interrupts
+/// off: asks the device for an interrupt and polls the LAPIC's IRR until vector 0x25 is
+/// pending, then exits with status 5. Needs no IDT, so it runs on kvm_pvm too.
+///
+/// ```text
+///     mov rbx, 0xfee00000
+///     mov dword ptr [rbx + 0xf0], 0x1ff
+///     mov rcx, 0xfec00000
+///     mov dword ptr [rcx], 0x10 + 2 * 5
+///     mov dword ptr [rcx + 0x10], 0x25
+///     mov dword ptr [rcx], 0x11 + 2 * 5
+///     mov dword ptr [rcx + 0x10], 0
+///     mov rdx, 0xd0000000
+///     mov dword ptr [rdx + 0x20], 1
+/// poll:
+///     mov eax, [rbx + 0x210]                 # IRR, vectors 32..63
+///     test eax, 0x20                         # vector 0x25
+///     jz poll
+///     mov al, 5
+///     out 0xf4, al
+///     hlt
+/// ```
+const PENDING_INTERRUPT_GUEST: &[u8] = &[
+    0x48, 0xbb, 0x00, 0x00, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x00, 0xc7, 0x83, 0xf0, 0x00, 0x00, 0x00,
+    0xff, 0x01, 0x00, 0x00, 0x48, 0xb9, 0x00, 0x00, 0xc0, 0xfe, 0x00, 0x00, 0x00, 0x00, 0xc7, 0x01,
+    0x1a, 0x00, 0x00, 0x00, 0xc7, 0x41, 0x10, 0x25, 0x00, 0x00, 0x00, 0xc7, 0x01, 0x1b, 0x00, 0x00,
+    0x00, 0xc7, 0x41, 0x10, 0x00, 0x00, 0x00, 0x00, 0x48, 0xba, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x00,
+    0x00, 0x00, 0xc7, 0x42, 0x20, 0x01, 0x00, 0x00, 0x00, 0x8b, 0x83, 0x10, 0x02, 0x00, 0x00, 0xa9,
+    0x20, 0x00, 0x00, 0x00, 0x74, 0xf3, 0xb0, 0x05, 0xe6, 0xf4, 0xf4,
+];
+
 fn kvm_missing() -> bool {
     match kvm_ioctls::Kvm::new() {
         Ok(_) => false,
@@ -143,6 +250,7 @@ fn guest_prints_on_serial_and_powers_off_through_the_exit_port() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let begin = Instant::now();
     let outcome = run_guest(&config(Duration::from_secs(5)), HELLO_GUEST);
     let wall = begin.elapsed();
@@ -162,6 +270,7 @@ fn console_echo_streams_each_line() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut vm = Vm::new(&config(Duration::from_secs(5))).unwrap();
     let sink = seen.clone();
@@ -178,6 +287,7 @@ fn second_vcpu_waits_while_the_boot_cpu_runs_the_guest() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let config = VmConfig {
         vcpus: 2,
         ..config(Duration::from_secs(5))
@@ -192,6 +302,7 @@ fn i8042_reset_command_resets_the_vm() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let outcome = run_guest(&config(Duration::from_secs(5)), RESET_GUEST);
     assert_eq!(outcome.exit, GuestExit::Reset);
     assert_eq!(outcome.exit_status, None);
@@ -202,6 +313,7 @@ fn spinning_guest_is_stopped_at_the_timeout() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let begin = Instant::now();
     let outcome = run_guest(&config(Duration::from_millis(300)), SPINNING_GUEST);
     let wall = begin.elapsed();
@@ -216,6 +328,7 @@ fn triple_faulting_guest_stops_the_vm() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let outcome = run_guest(&config(Duration::from_secs(5)), TRIPLE_FAULT_GUEST);
     println!(
         "triple fault: {:?} after {:?}",
@@ -231,10 +344,12 @@ fn triple_faulting_guest_stops_the_vm() {
 /// The writes a device saw: offset and data.
 type WriteLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 
-/// Magic at offset 0; offset 0x10 reads back the last value written there, plus one.
+/// Magic at offset 0; offset 0x10 reads back the last value written there, plus one; a
+/// write at 0x20 raises its interrupt; a read at 0x30 panics (a buggy device).
 struct TestDevice {
     stored: u32,
     writes: WriteLog,
+    irq: Option<Arc<dyn IrqLine>>,
 }
 
 impl MmioDevice for TestDevice {
@@ -242,6 +357,7 @@ impl MmioDevice for TestDevice {
         let value: u32 = match offset {
             0 => 0x7472_6976,
             0x10 => self.stored.wrapping_add(1),
+            0x30 => panic!("test device: read of the panic register"),
             _ => 0,
         };
         for (byte, value) in data.iter_mut().zip(value.to_le_bytes()) {
@@ -254,6 +370,9 @@ impl MmioDevice for TestDevice {
         if offset == 0x10 && data.len() == 4 {
             self.stored = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         }
+        if let (0x20, Some(irq)) = (offset, &self.irq) {
+            irq.trigger().unwrap();
+        }
     }
 }
 
@@ -262,11 +381,13 @@ fn guest_reads_and_writes_an_mmio_device() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let writes = Arc::new(Mutex::new(Vec::new()));
     let mut vm = Vm::new(&config(Duration::from_secs(5))).unwrap();
     let device = TestDevice {
         stored: 0,
         writes: writes.clone(),
+        irq: None,
     };
     vm.add_mmio_device(
         layout::VIRTIO_MMIO_BASE,
@@ -289,11 +410,13 @@ fn overlapping_mmio_devices_are_refused() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let mut vm = Vm::new(&config(Duration::from_secs(1))).unwrap();
     let device = || {
         Box::new(TestDevice {
             stored: 0,
             writes: Arc::default(),
+            irq: None,
         })
     };
     vm.add_mmio_device(layout::VIRTIO_MMIO_BASE, 0x1000, device())
@@ -309,6 +432,7 @@ fn a_vm_runs_only_once() {
     if kvm_missing() {
         return;
     }
+    let _serial = one_vm_at_a_time();
     let mut vm = Vm::new(&config(Duration::from_secs(5))).unwrap();
     load(&vm, HELLO_GUEST);
     vm.run(entry()).unwrap();
@@ -316,4 +440,129 @@ fn a_vm_runs_only_once() {
         vm.run(entry()),
         Err(vdr_verify_vm::vmm::Error::AlreadyRan)
     ));
+}
+
+#[test]
+fn halted_guest_is_stopped_at_the_timeout() {
+    if kvm_missing() {
+        return;
+    }
+    let _serial = one_vm_at_a_time();
+    let begin = Instant::now();
+    let outcome = run_guest(&config(Duration::from_millis(200)), HALTED_GUEST);
+    assert_eq!(outcome.exit, GuestExit::Timeout);
+    assert!(begin.elapsed() < Duration::from_secs(1));
+}
+
+fn run_with_interrupting_device(guest: &[u8]) -> RunOutcome {
+    let mut vm = Vm::new(&config(Duration::from_secs(5))).unwrap();
+    let irq = vm.irq_line(layout::VIRTIO_IRQ_BASE).unwrap();
+    let device = TestDevice {
+        stored: 0,
+        writes: Arc::default(),
+        irq: Some(irq),
+    };
+    vm.add_mmio_device(
+        layout::VIRTIO_MMIO_BASE,
+        layout::MMIO_DEVICE_SIZE,
+        Box::new(device),
+    )
+    .unwrap();
+    load(&vm, guest);
+    vm.run(entry()).unwrap()
+}
+
+#[test]
+fn device_interrupt_becomes_pending_in_the_guest_lapic() {
+    if kvm_missing() {
+        return;
+    }
+    let _serial = one_vm_at_a_time();
+    let outcome = run_with_interrupting_device(PENDING_INTERRUPT_GUEST);
+    assert_eq!(outcome.exit_status, Some(5), "{:?}", outcome.exit);
+}
+
+#[test]
+fn device_interrupt_runs_the_guest_handler() {
+    if kvm_missing() {
+        return;
+    }
+    // kvm_pvm delivers events through its own paravirtual entry, not the IDT: a plain
+    // guest's `int` or external interrupt ends in an emulation failure or a triple fault.
+    if let KvmSupport::SoftwareOnly { module } = host::detect() {
+        println!("SKIP: {module} does not deliver interrupts through a plain guest's IDT");
+        return;
+    }
+    let _serial = one_vm_at_a_time();
+    let outcome = run_with_interrupting_device(INTERRUPT_GUEST);
+    assert_eq!(outcome.exit_status, Some(5), "{:?}", outcome.exit);
+    assert_eq!(texts(&outcome), ["irq"]);
+}
+
+/// `mov rbx, 0xd0000000; mov eax, [rbx + 0x30]; hlt`
+const PANIC_REGISTER_GUEST: &[u8] = &[
+    0x48, 0xbb, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00, 0x8b, 0x43, 0x30, 0xf4,
+];
+
+#[test]
+fn device_panic_on_a_vcpu_thread_fails_the_run() {
+    if kvm_missing() {
+        return;
+    }
+    let _serial = one_vm_at_a_time();
+    let mut vm = Vm::new(&config(Duration::from_secs(5))).unwrap();
+    let device = TestDevice {
+        stored: 0,
+        writes: Arc::default(),
+        irq: None,
+    };
+    vm.add_mmio_device(
+        layout::VIRTIO_MMIO_BASE,
+        layout::MMIO_DEVICE_SIZE,
+        Box::new(device),
+    )
+    .unwrap();
+    load(&vm, PANIC_REGISTER_GUEST);
+    let begin = Instant::now();
+    let outcome = vm.run(entry()).unwrap();
+    match &outcome.exit {
+        GuestExit::Failed(why) => {
+            assert!(why.starts_with("vCPU 0: "), "{why}");
+            assert!(why.contains("panic register"), "{why}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(begin.elapsed() < Duration::from_secs(1));
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn finished_vms_leave_no_descriptors_or_threads_behind() {
+    if kvm_missing() {
+        return;
+    }
+    let _serial = one_vm_at_a_time();
+    // One VM first, so lazily opened process-wide descriptors are already counted.
+    run_guest(&config(Duration::from_secs(5)), HELLO_GUEST);
+    let (fds, tasks) = (open_descriptors(), threads());
+    let two_vcpus = VmConfig {
+        vcpus: 2,
+        ..config(Duration::from_millis(100))
+    };
+    run_guest(&two_vcpus, HELLO_GUEST);
+    run_guest(&two_vcpus, SPINNING_GUEST);
+    let mut vm = Vm::new(&two_vcpus).unwrap();
+    let irq = vm.irq_line(layout::VIRTIO_IRQ_BASE).unwrap();
+    load(&vm, HALTED_GUEST);
+    vm.run(entry()).unwrap();
+    drop((vm, irq));
+    assert_eq!(open_descriptors(), fds);
+    assert_eq!(threads(), tasks);
 }

@@ -92,6 +92,8 @@ pub enum Error {
     Bus { base: u64, source: InsertError },
     #[error("{what}")]
     Setup { what: &'static str },
+    #[error("KVM refused to set boot MSR {index:#x}")]
+    MsrRefused { index: u32 },
     #[error("the VM has already run; create a new one")]
     AlreadyRan,
     #[error("cannot start the thread of vCPU {index}: {source}")]
@@ -156,8 +158,6 @@ impl Vm {
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let cpuid = vcpu::cpuid_for(supported_cpuid.clone(), index, config.vcpus);
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            // A software KVM may refuse some boot MSRs; the guests vdr runs do not depend
-            // on their values, so a partial set is accepted.
             vcpu::setup_msrs(&vcpu)?;
             vcpu::setup_fpu(&vcpu)?;
             vcpu::setup_lapic(&vcpu)?;

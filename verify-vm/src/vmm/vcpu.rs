@@ -232,9 +232,9 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// MTRRs enabled, default type write-back.
 const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
 
-/// Sets the MSRs Firecracker sets at boot. Returns how many KVM accepted; a software KVM
-/// may refuse some, which the caller reports rather than fails on.
-pub fn setup_msrs(vcpu: &VcpuFd) -> Result<usize, Error> {
+/// Sets the MSRs Firecracker sets at boot; KVM must accept all of them (it does, on
+/// kvm_pvm too).
+pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), Error> {
     let entries: Vec<kvm_msr_entry> = [
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
@@ -258,10 +258,17 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<usize, Error> {
     let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Setup {
         what: "boot MSR list",
     })?;
-    vcpu.set_msrs(&msrs).map_err(|source| Error::Kvm {
+    let set = vcpu.set_msrs(&msrs).map_err(|source| Error::Kvm {
         what: "KVM_SET_MSRS",
         source,
-    })
+    })?;
+    // KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set.
+    match entries.get(set) {
+        Some(refused) => Err(Error::MsrRefused {
+            index: refused.index,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// x87 control word and MXCSR after FNINIT / reset (Intel SDM vol. 1 §8.1.5, §10.2.3).
