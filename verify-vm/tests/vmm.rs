@@ -406,7 +406,7 @@ fn guest_reads_and_writes_an_mmio_device() {
 }
 
 #[test]
-fn overlapping_mmio_devices_are_refused() {
+fn mmio_devices_overlapping_a_device_or_ram_are_refused() {
     if kvm_missing() {
         return;
     }
@@ -425,6 +425,10 @@ fn overlapping_mmio_devices_are_refused() {
     assert!(vm
         .add_mmio_device(vm_memory::GuestAddress(overlapping), 0x1000, device())
         .is_err());
+    assert!(matches!(
+        vm.add_mmio_device(layout::HIMEM_START, 0x1000, device()),
+        Err(vdr_verify_vm::vmm::Error::DeviceOverRam { .. })
+    ));
 }
 
 #[test]

@@ -90,6 +90,8 @@ pub enum Error {
     EventFd { irq: u32, source: io::Error },
     #[error("cannot place the device at {base:#x}: {source}")]
     Bus { base: u64, source: InsertError },
+    #[error("the device at {base:#x}+{len:#x} overlaps guest RAM")]
+    DeviceOverRam { base: u64, len: u64 },
     #[error("{what}")]
     Setup { what: &'static str },
     #[error("KVM refused to set boot MSR {index:#x}")]
@@ -199,13 +201,21 @@ impl Vm {
         Ok(Arc::new(EventFdIrq { event }))
     }
 
-    /// Places `device` at `[base, base + len)` in the MMIO space; overlaps are refused.
+    /// Places `device` at `[base, base + len)` in the MMIO space (normally in the gap,
+    /// [`layout::MMIO_GAP_START`]..[`layout::MMIO_GAP_END`]). Overlaps with another device
+    /// or with RAM (where KVM would never exit to it) are refused.
     pub fn add_mmio_device(
         &mut self,
         base: GuestAddress,
         len: u64,
         device: Box<dyn MmioDevice>,
     ) -> Result<(), Error> {
+        let end = base.0.saturating_add(len);
+        if self.memory.iter().any(|ram| {
+            base.0 < ram.start_addr().0.saturating_add(ram.len()) && ram.start_addr().0 < end
+        }) {
+            return Err(Error::DeviceOverRam { base: base.0, len });
+        }
         self.bus
             .mmio
             .insert(base.0, len, device)
@@ -225,14 +235,17 @@ impl Vm {
 
     /// Runs the guest from `entry` on vCPU 0 (the others wait for INIT/SIPI) until it
     /// powers off, resets, fails, or the configured timeout passes.
+    ///
+    /// First writes the boot GDT ([`layout::BOOT_GDT_START`]), the empty IDT and the
+    /// identity page tables ([`layout::PML4_START`] up to 0xf000) over guest memory.
     pub fn run(&mut self, entry: EntryPoint) -> Result<RunOutcome, Error> {
-        let vcpus = std::mem::take(&mut self.vcpus);
-        let (boot, application) = vcpus.split_first().ok_or(Error::AlreadyRan)?;
+        let (boot, application) = self.vcpus.split_first().ok_or(Error::AlreadyRan)?;
         vcpu::write_boot_tables(&self.memory)?;
         vcpu::setup_boot_cpu(boot, &entry)?;
         for vcpu in application {
             vcpu::setup_application_cpu(vcpu)?;
         }
+        let vcpus = std::mem::take(&mut self.vcpus);
 
         let start = Instant::now();
         self.console
