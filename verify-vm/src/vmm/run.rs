@@ -254,12 +254,21 @@ fn vcpu_loop(index: usize, mut vcpu: VcpuFd, bus: &Bus, stop: &AtomicBool) -> Op
         };
         if let ExitAction::Stop { exit, status } = action {
             let exit = match exit {
-                GuestExit::Failed(why) => GuestExit::Failed(format!("vCPU {index}: {why}")),
+                GuestExit::Failed(why) => {
+                    GuestExit::Failed(format!("vCPU {index}: {why}{}", where_it_stopped(&vcpu)))
+                }
                 other => other,
             };
             return Some((exit, status));
         }
     }
+}
+
+/// " at rip 0x...": where the guest was when the vCPU failed, for whoever debugs it.
+fn where_it_stopped(vcpu: &VcpuFd) -> String {
+    vcpu.get_regs()
+        .map(|regs| format!(" (guest rip {:#x})", regs.rip))
+        .unwrap_or_default()
 }
 
 /// `kvm_run.internal.suberror` after a KVM_EXIT_INTERNAL_ERROR.
