@@ -162,7 +162,7 @@ pub fn run_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>, timeout: Duration) -> Result
     }
 
     stop.store(true, Ordering::SeqCst);
-    let stragglers = stop_and_join(threads);
+    let joined = stop_and_join(threads);
     if let Some(error) = spawn_error {
         return Err(error);
     }
@@ -170,7 +170,11 @@ pub fn run_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>, timeout: Duration) -> Result
     Ok(match (panicked, reason) {
         (Some(index), _) => failure(format!(
             "vCPU {index}: the vCPU thread panicked{}",
-            stragglers.panic_message(index)
+            joined.panic_message(index)
+        )),
+        (None, _) if !joined.abandoned.is_empty() => failure(format!(
+            "vCPU {:?}: still running {JOIN_LIMIT:?} after being stopped; left behind",
+            joined.abandoned
         )),
         (None, Some(reason)) => reason,
         (None, None) => failure("every vCPU thread ended without a stop reason".into()),
@@ -181,6 +185,8 @@ pub fn run_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>, timeout: Duration) -> Result
 #[derive(Default)]
 struct Joined {
     panics: Vec<(usize, String)>,
+    /// vCPUs whose threads did not end within [`JOIN_LIMIT`] of the stop.
+    abandoned: Vec<usize>,
 }
 
 impl Joined {
@@ -211,6 +217,7 @@ fn stop_and_join(threads: Vec<JoinHandle<()>>) -> Joined {
         // A thread still running after JOIN_LIMIT is left detached rather than hanging
         // the caller; it exits at its next loop turn since `stop` is set.
         if !handle.is_finished() {
+            joined.abandoned.push(index);
             continue;
         }
         if let Err(payload) = handle.join() {

@@ -357,6 +357,29 @@ mod tests {
     }
 
     #[test]
+    fn cpuid_carries_the_apic_id_count_and_hypervisor_bit() {
+        let entry = |function, ebx, edx| kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            ebx,
+            edx,
+            ..Default::default()
+        };
+        let host = CpuId::from_entries(&[
+            entry(LEAF_FEATURES, 0xff01_0800, 0),
+            entry(LEAF_EXTENDED_TOPOLOGY, 0, 7),
+            entry(0x8000_0001, 0x1234, 0x5678),
+        ])
+        .unwrap();
+        let cpuid = cpuid_for(host, 1, 2);
+        let leaves = cpuid.as_slice();
+        assert_eq!(leaves[0].ebx, 0x0102_0800, "APIC ID 1, 2 logical CPUs");
+        assert_ne!(leaves[0].ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(leaves[0].edx & EDX_HTT, 0);
+        assert_eq!(leaves[1].edx, 1, "x2APIC ID");
+        assert_eq!((leaves[2].ebx, leaves[2].edx), (0x1234, 0x5678));
+    }
+
+    #[test]
     fn lapic_lint_delivery_modes_keep_the_other_bits() {
         let mut state = kvm_lapic_state::default();
         set_lapic_register(&mut state, APIC_LVT0, 0x0001_0700);
