@@ -1,6 +1,6 @@
 //! What a vCPU exit means: a pure function from the exit and the device bus to "continue"
-//! or "stop the VM because ...", tested without /dev/kvm. Only the run loop in
-//! [`super::run`] touches a real vCPU.
+//! or "stop the VM because ...", tested without /dev/kvm. Only the vCPU run loop
+//! (`vmm::run`) touches a real vCPU.
 //!
 //! The fixed ports handled here, not by bus devices, are the ones that stop the VM: vdr's
 //! exit port (like qemu's isa-debug-exit), the i8042 reset line, and the ACPI
