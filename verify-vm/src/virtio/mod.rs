@@ -20,6 +20,8 @@ mod overlay;
 mod stats;
 
 #[cfg(test)]
+mod blk_hostile_tests;
+#[cfg(test)]
 mod blk_tests;
 #[cfg(test)]
 mod mmio_tests;

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use vdr_formats::disk::{DiskInfo, Extent, ExtentKind};
 use vdr_formats::{Error, VirtualDisk};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::IrqLine;
+use crate::virtio::{BlkAccess, VirtioBlk, VirtioDevice};
 
 pub struct MemDisk {
     bytes: Vec<u8>,
@@ -197,4 +199,64 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
         .collect()
+}
+
+/// Size of the in-memory disk the blk tests serve.
+pub const DISK_SIZE: usize = 64 * 1024;
+/// Overlay access with room for every test write.
+pub const OVERLAY: BlkAccess = BlkAccess::Overlay { cap_bytes: 1 << 20 };
+
+/// A patterned in-memory disk of DISK_SIZE bytes.
+pub fn disk() -> Arc<MemDisk> {
+    Arc::new(MemDisk::new(pattern(DISK_SIZE)))
+}
+
+/// Puts `descs` in a fresh queue, lets the device serve it, and returns what
+/// process_queue said and the used ring.
+pub fn serve(
+    blk: &mut VirtioBlk,
+    mem: &GuestMemoryMmap,
+    descs: &[RawDescriptor],
+) -> (Result<bool, virtio_queue::Error>, Vec<(u32, u32)>) {
+    let mock = MockSplitQueue::new(mem, TEST_QUEUE_SIZE);
+    mock.add_desc_chains(descs, 0).unwrap();
+    let mut queue: Queue = mock.create_queue().unwrap();
+    let result = blk.process_queue(0, &mut queue, mem);
+    (result, used_entries(&mock))
+}
+
+/// Serves one request and returns (status byte, used ring).
+pub fn request(
+    blk: &mut VirtioBlk,
+    mem: &GuestMemoryMmap,
+    request_type: u32,
+    sector: u64,
+    descs: &[RawDescriptor],
+) -> (u8, Vec<(u32, u32)>) {
+    write_header(mem, HEADER_ADDR, request_type, sector);
+    mem.write_obj(0xffu8, GuestAddress(STATUS_ADDR)).unwrap();
+    let (result, used) = serve(blk, mem, descs);
+    assert!(result.unwrap(), "a served chain needs an interrupt");
+    (status_byte(mem), used)
+}
+
+/// `len` bytes of guest memory at `addr`.
+pub fn guest_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    buf
+}
+
+/// An indirect descriptor pointing at a table of `entries` written at `table`.
+pub fn indirect(mem: &GuestMemoryMmap, table: u64, entries: &[RawDescriptor]) -> RawDescriptor {
+    for (i, d) in entries.iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    RawDescriptor::from(SplitDescriptor::new(
+        table,
+        16 * entries.len() as u32,
+        VRING_DESC_F_INDIRECT as u16,
+        0,
+    ))
 }
