@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use vdr_formats::raw::RawDisk;
 use vdr_formats::{SliceSource, VirtualDisk};
-use vdr_verify_vm::backend::{BackendError, BootOutcome, BootSpec, DiskAccess, GuestExit, LinuxBackend};
+use vdr_verify_vm::backend::{
+    BackendError, BootOutcome, BootSpec, DiskAccess, GuestExit, LinuxBackend,
+};
 use vdr_verify_vm::host::{self, KvmSupport};
 use vdr_verify_vm::kvm_linux::KvmBackend;
 
@@ -59,7 +61,11 @@ fn busybox_initramfs(work: &Path) -> Option<Vec<u8>> {
          /bin/busybox poweroff -f\n"
     );
     std::fs::write(root.join("init"), init).unwrap();
-    let status = Command::new("chmod").arg("755").arg(root.join("init")).status().unwrap();
+    let status = Command::new("chmod")
+        .arg("755")
+        .arg(root.join("init"))
+        .status()
+        .unwrap();
     assert!(status.success());
     let archive = work.join("initramfs.cpio");
     let status = Command::new("sh")
@@ -114,7 +120,11 @@ fn kvm_pvm_host_refuses_linux_and_names_the_alternative() {
     let backend = KvmBackend::with_host(support, false);
 
     let err = backend
-        .boot(&spec(b"never loaded".to_vec(), None, Duration::from_secs(1)))
+        .boot(&spec(
+            b"never loaded".to_vec(),
+            None,
+            Duration::from_secs(1),
+        ))
         .unwrap_err();
 
     let text = err.to_string();
@@ -174,7 +184,10 @@ fn cloud_kernel_boots_to_init_or_records_how_far_it_got() {
     );
     if hardware {
         assert!(
-            outcome.console.iter().any(|line| line.text.contains(MARKER)),
+            outcome
+                .console
+                .iter()
+                .any(|line| line.text.contains(MARKER)),
             "no {MARKER} line"
         );
         assert_eq!(outcome.exit, GuestExit::PowerOff);

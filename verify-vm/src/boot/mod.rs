@@ -112,13 +112,19 @@ pub enum Error {
         lowest: u64,
         highest: u64,
     },
-    #[error("the machine has {0} vCPUs; it needs 1 to 254 (APIC ids are 8 bits, the IO-APIC takes the next one)")]
+    #[error(
+        "the machine has {0} vCPUs; it needs 1 to 254 (APIC ids are 8 bits, the IO-APIC \
+         takes the next one)"
+    )]
     VcpuCount(u8),
     #[error("the machine has {memory_mib} MiB of memory; Linux needs at least {min} MiB")]
     TooLittleMemory { memory_mib: u32, min: u32 },
     #[error("the machine has {0} virtio-mmio slots; vdr describes at most {MAX_MMIO_SLOTS}")]
     TooManySlots(usize),
-    #[error("virtio-mmio slot {index} at {base:#x} (+{size:#x}) is not below the 4 GiB the ACPI tables can describe")]
+    #[error(
+        "virtio-mmio slot {index} at {base:#x} (+{size:#x}) is not below the 4 GiB the ACPI \
+         tables can describe"
+    )]
     SlotAbove4G { index: usize, base: u64, size: u64 },
     #[error("the ACPI tables ({len} bytes) do not fit between {start:#x} and {end:#x}")]
     AcpiTooBig { len: usize, start: u64, end: u64 },
