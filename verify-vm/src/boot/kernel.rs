@@ -206,11 +206,14 @@ fn load_bzimage(
     })
 }
 
-/// An ELF64 little-endian x86-64 file (e_ident class 2, data 1, e_machine 62 = EM_X86_64).
+/// An ELF64 little-endian x86-64 executable (e_ident class 2, data 1; e_type 2 = ET_EXEC,
+/// as vmlinux is; e_machine 62 = EM_X86_64). Position-independent programs (ET_DYN) are
+/// not kernels.
 fn is_x86_64_elf(kernel: &[u8]) -> bool {
     kernel.get(0..4) == Some(b"\x7fELF".as_slice())
         && kernel.get(4) == Some(&2)
         && kernel.get(5) == Some(&1)
+        && kernel.get(16..18) == Some(2u16.to_le_bytes().as_slice())
         && kernel.get(18..20) == Some(62u16.to_le_bytes().as_slice())
 }
 

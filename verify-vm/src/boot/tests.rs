@@ -172,12 +172,26 @@ fn elf_vmlinux_gets_a_minimal_header() {
 }
 
 #[test]
-fn elf_that_is_no_kernel_is_refused_by_the_loader() {
+fn position_independent_program_is_not_a_kernel() {
     let mem = guest_memory(64);
-    // The test binary is an x86-64 ELF, but its entry lies below 1 MiB.
-    let elf = std::fs::read("/proc/self/exe").unwrap();
+    // The test binary itself: an x86-64 ELF, but ET_DYN (PIE), not a vmlinux.
+    let program = std::fs::read("/proc/self/exe").unwrap();
     let image = LinuxImage {
-        kernel: &elf,
+        kernel: &program,
+        initrd: None,
+        cmdline: CMDLINE,
+    };
+
+    let err = prepare_linux(&mem, &image, &machine(64, 1, &[])).unwrap_err();
+
+    assert!(matches!(err, Error::NotAKernel { .. }), "{err}");
+}
+
+#[test]
+fn elf_entry_below_1_mib_is_refused_by_the_loader() {
+    let mem = guest_memory(64);
+    let image = LinuxImage {
+        kernel: &tiny_elf(0x8000, &[0xf4; 16]),
         initrd: None,
         cmdline: CMDLINE,
     };
