@@ -11,10 +11,11 @@
 
 use std::time::Instant;
 
-use crate::backend::{BackendError, BackendKind, BootOutcome, BootSpec, LinuxBackend};
+use crate::backend::{BackendError, BackendKind, BootOutcome, BootSpec, ConsoleLine, LinuxBackend};
 use crate::boot::{self, LinuxImage, Machine, MmioSlot};
 use crate::host::{self, KvmSupport};
 use crate::layout;
+use crate::qemu::ConsoleEcho;
 use crate::virtio::{VirtioBlk, VirtioMmio};
 use crate::vmm::{EntryPoint, Vm, VmConfig};
 
@@ -29,10 +30,11 @@ const DISK_SLOT: MmioSlot = MmioSlot {
 };
 
 /// Boots Linux guests in vdr's microVM.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KvmBackend {
     host: KvmSupport,
     force: bool,
+    echo: Option<ConsoleEcho>,
 }
 
 impl Default for KvmBackend {
@@ -51,7 +53,18 @@ impl KvmBackend {
     /// A backend for a host known to have `host`; `force` tries to boot even when the host
     /// cannot boot Linux (but not without a usable /dev/kvm).
     pub fn with_host(host: KvmSupport, force: bool) -> KvmBackend {
-        KvmBackend { host, force }
+        KvmBackend {
+            host,
+            force,
+            echo: None,
+        }
+    }
+
+    /// Also hands each console line to `echo` as the guest finishes it (`--console`), the
+    /// same callback the qemu backend takes.
+    pub fn with_echo(mut self, echo: ConsoleEcho) -> KvmBackend {
+        self.echo = Some(echo);
+        self
     }
 
     /// What the backend believes the host can do.
@@ -115,6 +128,15 @@ impl LinuxBackend for KvmBackend {
         let entry = boot::prepare_linux(vm.memory(), &image, &machine)
             .map_err(|e| setup("preparing the Linux boot", &e))?;
 
+        let run_started = Instant::now();
+        if let Some(echo) = self.echo.clone() {
+            vm.set_console_echo(Box::new(move |text: &str| {
+                echo(&ConsoleLine {
+                    at: run_started.elapsed(),
+                    text: text.to_string(),
+                })
+            }));
+        }
         let run = vm
             .run(EntryPoint {
                 rip: entry.rip,

@@ -8,13 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vdr_formats::raw::RawDisk;
 use vdr_formats::{SliceSource, VirtualDisk};
 use vdr_verify_vm::backend::{
-    BackendError, BootOutcome, BootSpec, DiskAccess, GuestExit, LinuxBackend,
+    BackendError, BootOutcome, BootSpec, ConsoleLine, DiskAccess, GuestExit, LinuxBackend,
 };
 use vdr_verify_vm::host::{self, KvmSupport};
 use vdr_verify_vm::kvm_linux::KvmBackend;
@@ -194,7 +194,11 @@ fn cloud_kernel_boots_to_init_or_records_how_far_it_got() {
             .unwrap_or(40);
         Duration::from_secs(secs)
     };
-    let backend = KvmBackend::with_host(support.clone(), true);
+    let echoed = Arc::new(Mutex::new(Vec::new()));
+    let sink = echoed.clone();
+    let backend = KvmBackend::with_host(support.clone(), true).with_echo(Arc::new(
+        move |line: &ConsoleLine| sink.lock().unwrap().push(line.text.clone()),
+    ));
 
     let outcome = backend.boot(&spec(kernel, Some(initrd), timeout));
 
@@ -208,6 +212,8 @@ fn cloud_kernel_boots_to_init_or_records_how_far_it_got() {
         Err(err) => panic!("{err}"),
     };
     print_record(&outcome);
+    let texts: Vec<String> = outcome.console.iter().map(|l| l.text.clone()).collect();
+    assert_eq!(*echoed.lock().unwrap(), texts, "--console saw other lines");
     assert!(
         outcome.elapsed < timeout + Duration::from_secs(15),
         "the run overran its timeout: {:?}",
