@@ -24,7 +24,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{Error, Machine, MmioSlot};
+use super::{check_machine, Error, Machine, MmioSlot};
 use crate::layout;
 
 const OEM_ID: [u8; 6] = *b"VDR   ";
@@ -61,6 +61,8 @@ pub fn write_acpi_tables(
     mem: &GuestMemoryMmap,
     machine: &Machine<'_>,
 ) -> Result<AcpiTables, Error> {
+    // The AML below relies on what this checks (32-bit windows, four-character names).
+    check_machine(machine)?;
     let mut place = Placer {
         next: layout::ACPI_START.0,
     };

@@ -228,4 +228,6 @@ pub(crate) mod test_support {
 }
 
 #[cfg(test)]
+mod acpi_tests;
+#[cfg(test)]
 mod tests;
