@@ -1,5 +1,5 @@
-//! prepare_linux end to end over plain guest memory: the zero page, command line, initramfs
-//! and ACPI tables are read back the way Linux reads them.
+//! prepare_linux end to end over plain guest memory: the zero page, command line and
+//! initramfs are read back the way Linux reads them; the Debian cloud kernel loads.
 
 use std::path::PathBuf;
 
