@@ -81,6 +81,11 @@ fn probe_timed(path: &Path, access: DiskAccess) -> ProbeReport {
         report.timings.total_ms,
         report.samples.checked
     );
+    if std::env::var_os("VDR_PROBE_TRACE").is_some() {
+        for line in &report.console {
+            println!("{:>8.2} ms {}", line.at.as_secs_f64() * 1000.0, line.text);
+        }
+    }
     report
 }
 
