@@ -13,6 +13,7 @@
 //! - [`protocol`]: the `VDRPROBE {json}` lines the guest prints, parsed defensively.
 //! - [`samples`]: which sectors are compared, and the host's CRC-32s of them.
 //! - [`report`]: the comparison and the [`ProbeReport`].
+//! - `vm`: [`run`]: the host's reads, the VM, the guest, the comparison.
 //!
 //! Not for: booting an operating system (see [`crate::appliance`]).
 
@@ -20,9 +21,12 @@ pub mod params;
 pub mod protocol;
 pub mod report;
 pub mod samples;
+mod vm;
 
 #[cfg(test)]
 mod hosted_tests;
+
+pub use vm::{run, Echo, Error, ProbeOptions};
 
 pub use report::{
     Filesystem, OverlayCheck, PartitionReport, ProbeReport, SampleMismatch, SampleReport,
