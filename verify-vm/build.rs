@@ -60,7 +60,10 @@ fn main() {
         .arg("-o")
         .arg(&elf)
         .args(GUEST_SOURCES.iter().map(|s| dir.join(s)));
-    run(gcc, "gcc (the probe guest is C built with the system gcc: apt-get install gcc)");
+    run(
+        gcc,
+        "gcc (the probe guest is C built with the system gcc: apt-get install gcc)",
+    );
 
     let mut objcopy = Command::new("objcopy");
     objcopy.args(["-O", "binary"]).arg(&elf).arg(&bin);
@@ -79,7 +82,9 @@ fn main() {
 fn run(mut command: Command, what: &str) {
     match command.status() {
         Ok(status) if status.success() => {}
-        Ok(status) => fail(&format!("{what} failed ({status}) building the probe guest")),
+        Ok(status) => fail(&format!(
+            "{what} failed ({status}) building the probe guest"
+        )),
         Err(e) => fail(&format!("cannot run {what}: {e}")),
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use vdr_formats::{open_disk, OpenOptions, VirtualDisk};
+use vdr_formats::{open_disk, DiskInfo, Extent, OpenOptions, VirtualDisk};
 use vdr_verify_vm::backend::DiskAccess;
 use vdr_verify_vm::probe::{self, ProbeOptions, ProbeReport, NO_BOOT_NO_FS};
 
@@ -97,7 +97,10 @@ fn assert_ext4_gpt(report: &ProbeReport) {
     let root = report.partitions.iter().find(|p| p.index == 2).unwrap();
     assert_eq!((root.start_lba, root.type_id.as_str()), (4096, LINUX_FS));
     let fs = root.filesystem.as_ref().unwrap();
-    assert_eq!((fs.kind.as_str(), fs.label.as_deref()), ("ext4", Some(LABEL)));
+    assert_eq!(
+        (fs.kind.as_str(), fs.label.as_deref()),
+        ("ext4", Some(LABEL))
+    );
     assert_eq!(report.samples.matched, report.samples.checked);
     assert!(report.samples.checked >= 16);
 }
@@ -182,4 +185,59 @@ fn zeroed_disk_is_not_usable() {
     assert_eq!(report.problems, [NO_BOOT_NO_FS]);
     assert_eq!(report.partition_table.as_deref(), Some("none"));
     assert_eq!(report.samples.matched, report.samples.checked);
+}
+
+/// A disk whose bytes in `bad` cannot be read (like a salvage-mode image with a lost
+/// cluster): reads touching them fail.
+struct Damaged {
+    inner: Arc<dyn VirtualDisk>,
+    bad: std::ops::Range<u64>,
+}
+
+impl VirtualDisk for Damaged {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>, vdr_formats::Error> {
+        self.inner.map(offset, len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), vdr_formats::Error> {
+        let end = offset + buf.len() as u64;
+        if offset < self.bad.end && self.bad.start < end {
+            return Err(vdr_formats::Error::Unreadable {
+                file: "damaged".into(),
+                offset,
+                len: buf.len() as u64,
+                reason: "test damage".into(),
+            });
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn info(&self) -> DiskInfo {
+        self.inner.info()
+    }
+}
+
+#[test]
+fn unreadable_sectors_are_ioerr_in_the_guest_as_on_the_host() {
+    if let Some(what) = missing(&["sfdisk", "mkfs.ext4"]) {
+        println!("SKIP: {what} is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = make_ext4_gpt(dir.path());
+    // The last MiB: the backup GPT and the last sector sample.
+    let size = std::fs::metadata(&raw).unwrap().len();
+    let disk = Arc::new(Damaged {
+        inner: open(&raw),
+        bad: size - (1 << 20)..size,
+    });
+
+    let report = probe::run(disk, &ProbeOptions::default()).unwrap();
+
+    assert!(report.usable, "{:?}", report.problems);
+    assert!(report.samples.unreadable >= 2, "{:?}", report.samples);
+    assert_eq!(report.samples.matched, report.samples.checked);
+    let fs = report.partitions.iter().find_map(|p| p.filesystem.as_ref());
+    assert_eq!(fs.map(|f| f.kind.as_str()), Some("ext4"));
 }

@@ -187,7 +187,11 @@ fn damaged_primary_gpt_is_read_from_the_backup() {
 
     assert_eq!(report.partition_table.as_deref(), Some("gpt-backup"));
     assert_eq!(report.partitions.len(), 1, "{lines:#?}");
-    assert!(report.notes.iter().any(|n| n.contains("CRC32")), "{:?}", report.notes);
+    assert!(
+        report.notes.iter().any(|n| n.contains("CRC32")),
+        "{:?}",
+        report.notes
+    );
     // Only the missing file system is a problem: the table and samples agree.
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
@@ -230,7 +234,11 @@ fn ebr_loop_is_bounded() {
     put_entry(&mut disk, 102, 1, 0x05, 1, 10);
     std::fs::write(&img, &disk).unwrap();
 
-    let out = Command::new(harness()).arg(&img).arg("--ro").output().unwrap();
+    let out = Command::new(harness())
+        .arg(&img)
+        .arg("--ro")
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let parsed = parse(text.lines());
 

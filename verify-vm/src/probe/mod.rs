@@ -29,8 +29,8 @@ mod hosted_tests;
 pub use vm::{run, Echo, Error, ProbeOptions};
 
 pub use report::{
-    Filesystem, OverlayCheck, PartitionReport, ProbeReport, SampleMismatch, SampleReport,
-    Timings, NO_BOOT_NO_FS,
+    Filesystem, OverlayCheck, PartitionReport, ProbeReport, SampleMismatch, SampleReport, Timings,
+    NO_BOOT_NO_FS,
 };
 
 /// The guest's exit statuses (guest/probe/probe.h).

@@ -164,7 +164,12 @@ mod tests {
 
     #[test]
     fn other_console_output_is_ignored() {
-        let parsed = parse(["booting...", "", "VDRPROBE{\"t\":\"done\"}", "\u{fffd}\u{0}"]);
+        let parsed = parse([
+            "booting...",
+            "",
+            "VDRPROBE{\"t\":\"done\"}",
+            "\u{fffd}\u{0}",
+        ]);
         assert_eq!(parsed, Parsed::default());
     }
 

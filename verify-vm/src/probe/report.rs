@@ -394,9 +394,7 @@ fn overlay_check(
         ));
     }
     if !evidence_unchanged {
-        problems.push(format!(
-            "overlay check: the evidence changed at LBA {lba}"
-        ));
+        problems.push(format!("overlay check: the evidence changed at LBA {lba}"));
     }
     OverlayCheck {
         lba,

@@ -173,7 +173,10 @@ mod tests {
             assert_eq!(s, choose(size, None, 40));
             assert!(s.len() <= MAX_SAMPLES);
             for r in &s {
-                assert!(r.sectors > 0 && r.lba + u64::from(r.sectors) <= size, "{r:?}");
+                assert!(
+                    r.sectors > 0 && r.lba + u64::from(r.sectors) <= size,
+                    "{r:?}"
+                );
             }
         }
     }

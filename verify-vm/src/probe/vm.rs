@@ -141,9 +141,12 @@ pub fn run(disk: Arc<dyn VirtualDisk>, options: &ProbeOptions) -> Result<ProbeRe
     })?;
     drop(vm);
 
-    let overlay = overlay_lba
-        .zip(overlay_before)
-        .map(|(lba, before)| (lba, before.is_some() && sector_crc(disk.as_ref(), lba) == before));
+    let overlay = overlay_lba.zip(overlay_before).map(|(lba, before)| {
+        (
+            lba,
+            before.is_some() && sector_crc(disk.as_ref(), lba) == before,
+        )
+    });
     let parsed = parse(outcome.console.iter().map(|line| line.text.as_str()));
     let host = HostView {
         disk_sectors: sectors,
@@ -200,5 +203,4 @@ mod tests {
         assert!(PROBE_GUEST.len() < 64 << 10, "{}", PROBE_GUEST.len());
         assert!(PROBE_IMAGE_END > layout::HIMEM_START.0 + PROBE_GUEST.len() as u64);
     }
-
 }
