@@ -73,11 +73,12 @@ fn probe_timed(path: &Path, access: DiskAccess) -> ProbeReport {
     .unwrap();
     let wall = started.elapsed();
     println!(
-        "probe {}: wall {:.1} ms (vm setup {} ms, first line {:?} ms, total {} ms), {} samples",
+        "probe {}: wall {:.1} ms (vm setup {} ms, first line {:?} ms, guest {} ms, total {} ms), {} samples",
         path.file_name().unwrap().to_string_lossy(),
         wall.as_secs_f64() * 1000.0,
         report.timings.vm_setup_ms,
         report.timings.first_line_ms,
+        report.timings.guest_ms,
         report.timings.total_ms,
         report.samples.checked
     );

@@ -103,6 +103,8 @@ pub struct Timings {
     pub vm_setup_ms: f64,
     /// From the VM's start to the guest's first console line.
     pub first_line_ms: Option<f64>,
+    /// The VM's run, from its start to its stop.
+    pub guest_ms: f64,
     /// The whole probe: host reads, VM setup, the run and the comparison.
     pub total_ms: f64,
 }

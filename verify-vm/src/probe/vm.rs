@@ -161,6 +161,7 @@ pub fn run(disk: Arc<dyn VirtualDisk>, options: &ProbeOptions) -> Result<ProbeRe
         timings: Timings {
             vm_setup_ms: millis(vm_setup),
             first_line_ms: outcome.first_console_line.map(millis),
+            guest_ms: millis(outcome.elapsed),
             total_ms: 0.0,
         },
         console: outcome.console,
