@@ -406,3 +406,99 @@ fn overlay_check(
         passed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::protocol::parse;
+    use vdr_formats::partition::{Partition, Scheme};
+
+    const GOOD: &[&str] = &[
+        r#"VDRPROBE {"t":"disk","sectors":1000,"ro":true}"#,
+        r#"VDRPROBE {"t":"mbr","signature":true,"boot_code":false}"#,
+        r#"VDRPROBE {"t":"table","scheme":"mbr"}"#,
+        r#"VDRPROBE {"t":"part","i":1,"start":100,"sectors":900,"type":"0x83"}"#,
+        r#"VDRPROBE {"t":"fs","part":1,"kind":"ext4","label":"","uuid":"u","vbr_signature":false,"boot_code":false}"#,
+        r#"VDRPROBE {"t":"sample","lba":0,"n":1,"crc":"0000abcd"}"#,
+        r#"VDRPROBE {"t":"done"}"#,
+    ];
+
+    fn mbr_table(start_lba: u64) -> PartitionTable {
+        PartitionTable {
+            scheme: Scheme::Mbr,
+            sector_size: 512,
+            partitions: vec![Partition {
+                index: 1,
+                start: start_lba * 512,
+                len: 900 * 512,
+                type_id: "0x83".into(),
+                description: String::new(),
+                name: String::new(),
+            }],
+            findings: Vec::new(),
+        }
+    }
+
+    fn report(lines: &[&str], table: &PartitionTable, host_crc: u32) -> ProbeReport {
+        let samples = [SampleRange { lba: 0, sectors: 1 }];
+        let expected = [Expected::Crc(host_crc)];
+        let host = HostView {
+            disk_sectors: 1000,
+            table: Some(table),
+            samples: &samples,
+            expected: &expected,
+            overlay: None,
+        };
+        let end = RunEnd {
+            exit_status: Some(0),
+            exit: "stopped".into(),
+            timings: Timings::default(),
+            console: Vec::new(),
+        };
+        assemble(&parse(lines.iter().copied()), &host, end)
+    }
+
+    #[test]
+    fn agreeing_guest_and_host_make_a_usable_disk() {
+        let r = report(GOOD, &mbr_table(100), 0xabcd);
+        assert!(r.usable, "{:?}", r.problems);
+        let fs = r.partitions[0].filesystem.as_ref().unwrap();
+        assert_eq!((fs.kind.as_str(), fs.label.as_deref()), ("ext4", None));
+        assert_eq!(r.samples.matched, 1);
+    }
+
+    #[test]
+    fn a_mismatched_sample_makes_the_disk_unusable() {
+        let r = report(GOOD, &mbr_table(100), 0x1234);
+        assert!(!r.usable);
+        assert_eq!(r.samples.mismatched[0].host, "00001234");
+        assert_eq!(r.samples.mismatched[0].guest, "0000abcd");
+    }
+
+    #[test]
+    fn a_partition_the_host_places_elsewhere_is_a_problem() {
+        let r = report(GOOD, &mbr_table(200), 0xabcd);
+        assert!(!r.usable);
+        assert!(r.problems[0].starts_with("partition 1: the guest sees LBA 100"));
+    }
+
+    #[test]
+    fn a_guest_that_never_finishes_is_a_problem() {
+        let r = report(&GOOD[..GOOD.len() - 1], &mbr_table(100), 0xabcd);
+        assert!(!r.usable);
+        assert!(r.problems[0].starts_with("the probe did not finish"));
+    }
+
+    #[test]
+    fn facts_for_unknown_partitions_are_noted_not_trusted() {
+        let mut lines = GOOD.to_vec();
+        lines.insert(
+            5,
+            r#"VDRPROBE {"t":"fs","part":7,"kind":"xfs","vbr_signature":true,"boot_code":true}"#,
+        );
+        let r = report(&lines, &mbr_table(100), 0xabcd);
+        assert!(r.usable, "{:?}", r.problems);
+        assert_eq!(r.partitions.len(), 1);
+        assert!(r.notes[0].contains("unknown partition 7"));
+    }
+}
