@@ -61,8 +61,13 @@ impl QueueSlot {
         })
     }
 
-    fn reset(&mut self) {
+    /// Stops the queue and forgets its ring positions; the latched registers stay.
+    fn disable(&mut self) {
         self.queue.reset();
+    }
+
+    fn reset(&mut self) {
+        self.disable();
         self.num = u32::from(self.queue.max_size());
         self.desc = 0;
         self.driver = 0;
@@ -330,10 +335,8 @@ impl<D: VirtioDevice, M: GuestMemory + Send> VirtioMmio<D, M> {
             return;
         };
         if value == 0 {
-            // Linux writes 0 when it tears a queue down; the queue forgets its position.
-            let (num, desc, driver, device) = (slot.num, slot.desc, slot.driver, slot.device);
-            slot.reset();
-            (slot.num, slot.desc, slot.driver, slot.device) = (num, desc, driver, device);
+            // Linux writes 0 when it tears a queue down (vm_del_vq).
+            slot.disable();
             return;
         }
         if !slot.queue.ready() && !slot.activate() {

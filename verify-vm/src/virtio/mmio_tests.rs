@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use proptest::prelude::*;
+
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_RO, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -397,4 +399,40 @@ fn queue_registers_are_locked_while_the_queue_is_ready() {
     queue_read(&rig, &mock);
     write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     assert_eq!(used_entries(&mock), vec![(0, 513)]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Random register traffic (any offset, width and value, notifications included) after
+    /// a normal bring-up never panics, and the device never reports itself as another.
+    #[test]
+    fn random_register_traffic_never_panics(
+        ops in proptest::collection::vec(
+            (
+                prop_oneof![0u64..0x200, Just(0x50u64), Just(0x70), Just(0x44), any::<u64>()],
+                prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
+                any::<u64>(),
+                any::<bool>(),
+            ),
+            1..64,
+        ),
+    ) {
+        let mut rig = rig(BlkAccess::Overlay { cap_bytes: 1 << 16 });
+        let mem = rig.mem.clone();
+        let mock = MockSplitQueue::new(&mem, TEST_QUEUE_SIZE);
+        bring_up(&mut rig, &mock);
+        queue_read(&rig, &mock);
+        for (offset, width, value, is_write) in ops {
+            let bytes = value.to_le_bytes();
+            if is_write {
+                rig.dev.write(offset, &bytes[..width]);
+            } else {
+                let mut data = vec![0u8; width];
+                rig.dev.read(offset, &mut data);
+            }
+        }
+        prop_assert_eq!(read32(&mut rig.dev, VIRTIO_MMIO_DEVICE_ID), 2);
+        prop_assert_eq!(read32(&mut rig.dev, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+    }
 }
