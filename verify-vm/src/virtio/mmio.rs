@@ -150,6 +150,11 @@ impl<D: VirtioDevice, M: GuestMemory + Send> VirtioMmio<D, M> {
         self.status
     }
 
+    /// The features the driver accepted (meaningful once FEATURES_OK is set).
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
     /// Interrupts that could not be delivered (the irq line returned an error).
     pub fn irq_failures(&self) -> u64 {
         self.irq_failures
