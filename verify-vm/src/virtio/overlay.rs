@@ -156,7 +156,7 @@ impl Overlay {
         for index in first..=last {
             let block_start = index * OVERLAY_BLOCK_SIZE;
             let from = offset.max(block_start);
-            let to = end.min(block_start + OVERLAY_BLOCK_SIZE);
+            let to = end.min(block_start.saturating_add(OVERLAY_BLOCK_SIZE));
             let src = data.get((from - offset) as usize..(to - offset) as usize);
             let dst = self.blocks.get_mut(&index).and_then(|b| {
                 b.get_mut((from - block_start) as usize..(to - block_start) as usize)
@@ -173,7 +173,9 @@ impl Overlay {
     fn initial_block(&self, index: u64, offset: u64, end: u64) -> Result<Box<[u8]>, OverlayError> {
         let mut block = vec![0u8; OVERLAY_BLOCK_SIZE as usize].into_boxed_slice();
         let block_start = index * OVERLAY_BLOCK_SIZE;
-        let disk_end = self.size().min(block_start + OVERLAY_BLOCK_SIZE);
+        let disk_end = self
+            .size()
+            .min(block_start.saturating_add(OVERLAY_BLOCK_SIZE));
         let covered = offset <= block_start && end >= disk_end;
         if !covered {
             let n = disk_end - block_start;
