@@ -121,7 +121,7 @@ pub fn run(disk: Arc<dyn VirtualDisk>, options: &ProbeOptions) -> Result<ProbeRe
             source,
         })?;
     let irq = vm.irq_line(layout::VIRTIO_IRQ_BASE)?;
-    let blk = VirtioBlk::new(disk.clone(), options.access.into());
+    let blk = VirtioBlk::new(disk.clone(), options.access);
     let device = VirtioMmio::new(blk, vm.memory().clone(), irq);
     vm.add_mmio_device(
         layout::VIRTIO_MMIO_BASE,
