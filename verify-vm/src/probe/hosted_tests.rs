@@ -92,6 +92,10 @@ fn probe_hosted(image: &Path, overlay: Option<u64>) -> (ProbeReport, Vec<String>
 
 #[test]
 fn gpt_disk_with_ext4_is_found_and_every_sample_matches() {
+    if !have("sfdisk") || !have("mkfs.ext4") {
+        println!("SKIP: sfdisk or mkfs.ext4 is not installed");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("gpt.img");
     sh(&format!(
@@ -126,8 +130,8 @@ fn gpt_disk_with_ext4_is_found_and_every_sample_matches() {
 
 #[test]
 fn mbr_disk_with_fat_and_a_logical_partition() {
-    if !have("mkfs.vfat") {
-        println!("SKIP: mkfs.vfat is not installed");
+    if !have("mkfs.vfat") || !have("sfdisk") {
+        println!("SKIP: mkfs.vfat or sfdisk is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +178,10 @@ fn zeroed_disk_has_no_boot_signature_and_no_filesystem() {
 
 #[test]
 fn damaged_primary_gpt_is_read_from_the_backup() {
+    if !have("sfdisk") || !have("mkfs.ext4") {
+        println!("SKIP: sfdisk or mkfs.ext4 is not installed");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("gpt.img");
     sh(&format!(
