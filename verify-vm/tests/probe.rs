@@ -118,7 +118,7 @@ fn ext4_gpt_disk_is_probed_through_raw_qcow2_and_a_vmdk_chain() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let raw = make_ext4_gpt(dir.path());
+    make_ext4_gpt(dir.path());
     sh(
         dir.path(),
         "qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2
@@ -140,7 +140,6 @@ fn ext4_gpt_disk_is_probed_through_raw_qcow2_and_a_vmdk_chain() {
     let mut expected = vec![0u8; 4096];
     child.read_at(&mut expected, 1 << 20).unwrap();
     assert!(expected.iter().all(|&b| b == 0x5a));
-    let _ = raw;
     let best = total_ms.iter().cloned().fold(f64::INFINITY, f64::min);
     println!("probe total (best of 3): {best} ms");
     assert!(best < 1000.0, "probe took {best} ms");
