@@ -1,13 +1,16 @@
 //! Appliance mode and the qemu backend end to end: real qemu-system-x86_64 (TCG), the
-//! Debian cloud kernel, busybox-static. Each test prints `SKIP:` and passes when a tool
-//! it needs is missing.
+//! Debian cloud kernel, busybox-static and e2fsck-static; disks made by sfdisk and
+//! mkfs.ext4 and converted by qemu-img, opened through vdr_formats. Each test prints
+//! `SKIP:` and passes when a tool it needs is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vdr_formats::{SliceSource, VirtualDisk};
+use vdr_formats::{open_disk, OpenOptions, SliceSource, VirtualDisk};
 use vdr_verify_vm::appliance::cpio::CpioWriter;
+use vdr_verify_vm::appliance::{self, ApplianceOptions, ApplianceReport};
 use vdr_verify_vm::backend::{BootSpec, DiskAccess, GuestExit, LinuxBackend};
 use vdr_verify_vm::qemu::QemuBackend;
 
@@ -72,7 +75,7 @@ fn tiny_initramfs(busybox: &[u8], script: &str) -> Vec<u8> {
     cpio.directory("bin").unwrap();
     cpio.file("bin/busybox", 0o755, busybox).unwrap();
     cpio.file("init", 0o755, script.as_bytes()).unwrap();
-    cpio.finish_gzip().unwrap()
+    cpio.finish().unwrap()
 }
 
 fn boot_tiny(access: DiskAccess) {
@@ -133,4 +136,248 @@ fn qemu_boot_times_out_when_the_guest_hangs() {
     let outcome = qemu.boot(&spec).unwrap();
     assert_eq!(outcome.exit, GuestExit::Timeout);
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// The partition's filesystem UUID (mkfs.ext4 -U), named by the image's fstab.
+const ROOT_UUID: &str = "5b0e7c52-1f0a-4d6e-9a51-0c7d2e3f4a5b";
+/// A UUID no device on the disk has.
+const MISSING_UUID: &str = "deadbeef-0000-4000-8000-000000000001";
+/// The partition starts at 1 MiB and is 32 MiB of 4 KiB blocks (one block group).
+const PART_START: u64 = 1 << 20;
+const PART_SIZE: u64 = 32 << 20;
+
+/// Everything an appliance run needs, or None after a SKIP line.
+fn appliance_ready() -> Option<QemuBackend> {
+    let qemu = qemu()?;
+    if let Err(e) = appliance::kernel::find_kernel(None) {
+        println!("SKIP: {e}");
+        return None;
+    }
+    for (tool, package) in [
+        ("/usr/sbin/e2fsck.static", "e2fsck-static"),
+        ("/usr/bin/busybox", "busybox-static"),
+    ] {
+        if !Path::new(tool).exists() {
+            println!("SKIP: {tool} is missing (Debian: {package})");
+            return None;
+        }
+    }
+    for tool in ["sfdisk", "mkfs.ext4", "qemu-img"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            println!("SKIP: {tool} is not installed");
+            return None;
+        }
+    }
+    Some(qemu)
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A raw GPT disk with one ext4 partition whose root holds etc/os-release and an
+/// etc/fstab naming the partition by UUID and one device that does not exist.
+fn ext4_gpt_disk(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "PRETTY_NAME=\"vdr test root 1.0\"\nNAME=\"vdrtest\"\nVERSION_ID=\"1.0\"\nID=vdrtest\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/fstab"),
+        format!(
+            "# test fstab\nUUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n\
+             UUID={MISSING_UUID} /data ext4 defaults 0 2\nproc /proc proc defaults 0 0\n"
+        ),
+    )
+    .unwrap();
+    let part = dir.join("part.img");
+    std::fs::File::create(&part)
+        .unwrap()
+        .set_len(PART_SIZE)
+        .unwrap();
+    let (part_s, root_s) = (part.to_str().unwrap(), root.to_str().unwrap());
+    run(
+        "mkfs.ext4",
+        &[
+            "-q", "-F", "-b", "4096", "-U", ROOT_UUID, "-L", "vdrroot", "-d", root_s, part_s,
+        ],
+    );
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(PART_START + PART_SIZE + (1 << 20))
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", disk.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let script = format!(
+        "label: gpt\nstart={}, size={}, type=L\n",
+        PART_START / 512,
+        PART_SIZE / 512
+    );
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    write_at(&disk, PART_START, &std::fs::read(&part).unwrap());
+    disk
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+}
+
+fn convert(raw: &Path, format: &str, options: &[&str]) -> PathBuf {
+    let out = raw.with_extension(format);
+    let mut args = vec!["convert", "-f", "raw", "-O", format];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&[raw.to_str().unwrap(), out.to_str().unwrap()]);
+    run("qemu-img", &args);
+    out
+}
+
+fn open(path: &Path) -> Arc<dyn VirtualDisk> {
+    Arc::new(open_disk(path, &OpenOptions::default()).unwrap())
+}
+
+fn check(qemu: &QemuBackend, disk: Arc<dyn VirtualDisk>, what: &str) -> ApplianceReport {
+    let options = ApplianceOptions::default();
+    let started = Instant::now();
+    let report = appliance::run(disk, qemu, &options).unwrap();
+    println!(
+        "appliance wall time ({what}): {:.2} s (boot {} ms, exit {:?})",
+        started.elapsed().as_secs_f64(),
+        report.elapsed_ms,
+        report.exit
+    );
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    report
+}
+
+fn assert_clean_debian_like(report: &ApplianceReport) {
+    assert_eq!(report.exit, GuestExit::PowerOff);
+    assert_eq!(report.partition_table.as_deref(), Some("gpt"));
+    assert_eq!(report.partitions.len(), 1);
+    let part = &report.partitions[0];
+    assert_eq!(part.device, "vda1");
+    assert_eq!(part.fs.as_deref(), Some("ext4"));
+    assert_eq!(part.uuid.as_deref(), Some(ROOT_UUID));
+    assert_eq!(part.label.as_deref(), Some("vdrroot"));
+    assert!(part.fsck.ran);
+    assert_eq!(part.fsck.clean, Some(true), "{}", part.fsck.output_tail);
+    assert!(part.mounted, "{:?}", part.mount_error);
+    let os = part.os_release.as_ref().expect("os-release read");
+    assert_eq!(os["PRETTY_NAME"], "vdr test root 1.0");
+    assert_eq!(os["VERSION_ID"], "1.0");
+    let fstab: Vec<_> = part
+        .fstab
+        .iter()
+        .map(|e| (e.mountpoint.as_str(), e.found))
+        .collect();
+    assert_eq!(
+        fstab,
+        [("/", Some(true)), ("/data", Some(false)), ("/proc", None)]
+    );
+    assert!(report.usable, "{:?}", report.problems);
+    let stages: Vec<&str> = report.timeline.iter().map(|s| s.stage.as_str()).collect();
+    for stage in [
+        "kernel start",
+        "modules",
+        "disk",
+        "checked vda1",
+        "report",
+        "exit",
+    ] {
+        assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
+    }
+}
+
+#[test]
+fn appliance_checks_ext4_in_gpt_from_qcow2() {
+    let Some(qemu) = appliance_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let qcow2 = convert(&ext4_gpt_disk(dir.path()), "qcow2", &[]);
+    let report = check(&qemu, open(&qcow2), "qcow2, clean ext4");
+    assert_clean_debian_like(&report);
+}
+
+#[test]
+fn appliance_checks_ext4_in_gpt_from_vmdk() {
+    let Some(qemu) = appliance_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vmdk = convert(
+        &ext4_gpt_disk(dir.path()),
+        "vmdk",
+        &["-o", "subformat=monolithicSparse"],
+    );
+    let report = check(&qemu, open(&vmdk), "vmdk, clean ext4");
+    assert_clean_debian_like(&report);
+}
+
+#[test]
+fn appliance_reports_damaged_ext4_as_not_clean() {
+    let Some(qemu) = appliance_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let raw = ext4_gpt_disk(dir.path());
+    // the first group descriptor (block 1 with 4 KiB blocks) names the block bitmap
+    // (bg_block_bitmap_lo, ext4 disk layout); zeroing it frees every block in use
+    let mut descriptor = [0u8; 4];
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&raw).unwrap();
+        file.read_exact_at(&mut descriptor, PART_START + 4096)
+            .unwrap();
+    }
+    let bitmap_block = u64::from(u32::from_le_bytes(descriptor));
+    assert!(bitmap_block > 1 && bitmap_block < PART_SIZE / 4096);
+    write_at(&raw, PART_START + bitmap_block * 4096, &[0u8; 4096]);
+    let qcow2 = convert(&raw, "qcow2", &[]);
+    let report = check(&qemu, open(&qcow2), "qcow2, damaged ext4");
+    let part = &report.partitions[0];
+    assert!(part.fsck.ran);
+    assert_eq!(part.fsck.clean, Some(false), "{}", part.fsck.output_tail);
+    assert!(!report.usable);
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.contains("e2fsck found problems")));
+}
+
+#[test]
+fn appliance_finds_no_filesystem_on_a_zeroed_disk() {
+    let Some(qemu) = appliance_ready() else {
+        return;
+    };
+    let report = check(&qemu, raw_disk(vec![0u8; 16 << 20]), "zeroed raw");
+    assert_eq!(report.exit, GuestExit::PowerOff);
+    assert_eq!(report.partition_table, None);
+    assert_eq!(report.partitions.len(), 1);
+    assert_eq!(report.partitions[0].device, "vda");
+    assert_eq!(report.partitions[0].fs, None);
+    assert!(report.partitions[0].present);
+    assert!(!report.partitions[0].mounted);
+    assert!(!report.usable);
+    assert!(report.problems.iter().any(|p| p.contains("no filesystem")));
 }
