@@ -300,6 +300,7 @@ fn assert_clean_debian_like(report: &ApplianceReport) {
         "kernel start",
         "modules",
         "disk",
+        "fsck vda1",
         "checked vda1",
         "report",
         "exit",

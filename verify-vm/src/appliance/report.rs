@@ -11,6 +11,8 @@ use super::kernel::KernelInfo;
 use super::plan::{Plan, PlanEntry};
 use crate::backend::{BackendKind, BootOutcome, GuestExit};
 
+/// The report format guest/appliance/init prints.
+const GUEST_REPORT_VERSION: u32 = 1;
 /// Console lines kept in the report.
 const CONSOLE_TAIL_LINES: usize = 40;
 
@@ -31,6 +33,8 @@ pub struct ApplianceReport {
     pub problems: Vec<String>,
     /// The last console lines (all of them when the guest printed no report).
     pub console_tail: Vec<String>,
+    /// The end of the guest kernel's log (mount and driver errors), when it reported.
+    pub kernel_log_tail: Option<String>,
 }
 
 /// One planned device.
@@ -93,6 +97,12 @@ pub fn build(kernel: KernelInfo, plan: &Plan, outcome: &BootOutcome) -> Applianc
         .map(|entry| partition_report(entry, guest.as_ref(), plan, &seen))
         .collect();
     if let Some(guest) = &guest {
+        if guest.version != GUEST_REPORT_VERSION {
+            problems.push(format!(
+                "the guest's report has version {}, expected {GUEST_REPORT_VERSION}",
+                guest.version
+            ));
+        }
         if let Some(failed) = decode_text(&guest.insmod_failed).filter(|t| !t.trim().is_empty()) {
             problems.extend(failed.lines().map(|l| format!("module did not load: {l}")));
         }
@@ -122,6 +132,7 @@ pub fn build(kernel: KernelInfo, plan: &Plan, outcome: &BootOutcome) -> Applianc
         timeline: timeline(guest.as_ref(), outcome),
         usable: guest.is_some() && mounted && all_clean,
         problems,
+        kernel_log_tail: guest.as_ref().and_then(|g| decode_text(&g.dmesg)),
         console_tail: outcome
             .console
             .iter()
