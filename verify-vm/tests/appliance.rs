@@ -382,3 +382,85 @@ fn appliance_finds_no_filesystem_on_a_zeroed_disk() {
     assert!(!report.usable);
     assert!(report.problems.iter().any(|p| p.contains("no filesystem")));
 }
+
+/// Boots a guest that writes the disk's first sector and reads it back, and returns the
+/// console; the image file must be unchanged afterwards whatever the access.
+fn guest_writes_first_sector(access: DiskAccess) -> Option<Vec<String>> {
+    let qemu = appliance_ready()?;
+    let busybox = static_busybox()?;
+    let kernel = appliance::kernel::find_kernel(None).unwrap();
+    let modules = appliance::modules::ModuleIndex::load(&kernel.modules_dir)
+        .unwrap()
+        .resolve(appliance::modules::DISK_MODULES)
+        .unwrap();
+    let mut cpio = CpioWriter::new();
+    for dir in ["bin", "dev", "proc", "m"] {
+        cpio.directory(dir).unwrap();
+    }
+    cpio.file("bin/busybox", 0o755, &busybox).unwrap();
+    let mut list = String::new();
+    for (i, module) in modules.iter().enumerate() {
+        let name = format!("m/{i}.ko");
+        cpio.file(&name, 0o644, &std::fs::read(&module.path).unwrap())
+            .unwrap();
+        list.push_str(&format!("/{name}\n"));
+    }
+    cpio.file("modules", 0o644, list.as_bytes()).unwrap();
+    let script = "#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+mount -t devtmpfs devtmpfs /dev
+while read -r m; do insmod $m; done < /modules
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+if echo VDR-WRITTEN | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; then
+  echo WRITE-OK; else echo WRITE-FAILED; fi
+echo 3 > /proc/sys/vm/drop_caches
+echo READ:$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 11)
+poweroff -f
+";
+    cpio.file("init", 0o755, script.as_bytes()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, vec![0x5Au8; 4 << 20]).unwrap();
+    let qcow2 = convert(&raw, "qcow2", &[]);
+    let before = std::fs::read(&qcow2).unwrap();
+    let spec = BootSpec {
+        kernel: std::fs::read(&kernel.path).unwrap(),
+        initrd: Some(cpio.finish().unwrap()),
+        cmdline: cmdline(),
+        memory_mib: 256,
+        vcpus: 1,
+        timeout: Duration::from_secs(120),
+        disk: open(&qcow2),
+        access,
+    };
+    let outcome = qemu.boot(&spec).unwrap();
+    assert_eq!(outcome.exit, GuestExit::PowerOff, "{:#?}", outcome.console);
+    assert_eq!(std::fs::read(&qcow2).unwrap(), before, "the image changed");
+    Some(outcome.console.into_iter().map(|l| l.text).collect())
+}
+
+#[test]
+fn overlay_keeps_guest_writes_away_from_the_image() {
+    let Some(console) = guest_writes_first_sector(DiskAccess::Overlay) else {
+        return;
+    };
+    assert!(console.iter().any(|l| l == "WRITE-OK"), "{console:#?}");
+    assert!(
+        console.iter().any(|l| l == "READ:VDR-WRITTEN"),
+        "{console:#?}"
+    );
+}
+
+#[test]
+fn read_only_disk_refuses_guest_writes() {
+    let Some(console) = guest_writes_first_sector(DiskAccess::ReadOnly) else {
+        return;
+    };
+    assert!(console.iter().any(|l| l == "WRITE-FAILED"), "{console:#?}");
+    assert!(
+        console.iter().any(|l| l == "READ:ZZZZZZZZZZZ"),
+        "{console:#?}"
+    );
+}
