@@ -464,3 +464,83 @@ fn read_only_disk_refuses_guest_writes() {
         "{console:#?}"
     );
 }
+
+/// Writes `image` into `disk` at `offset` without holding either in memory.
+fn copy_into(disk: &Path, offset: u64, image: &Path) {
+    use std::io::{Seek, SeekFrom};
+    let mut out = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    out.seek(SeekFrom::Start(offset)).unwrap();
+    std::io::copy(&mut std::fs::File::open(image).unwrap(), &mut out).unwrap();
+}
+
+#[test]
+fn appliance_mounts_vfat_and_btrfs_and_skips_swap() {
+    let Some(qemu) = appliance_ready() else {
+        return;
+    };
+    let tools = [
+        ("mkfs.vfat", "dosfstools"),
+        ("mkfs.btrfs", "btrfs-progs"),
+        ("mkswap", "util-linux"),
+    ];
+    for (tool, package) in tools {
+        if Command::new(tool).arg("--help").output().is_err() {
+            println!("SKIP: {tool} is not installed (Debian: {package})");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str, mib: u64| {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        path
+    };
+    let (vfat, btrfs, swap) = (image("v.img", 16), image("b.img", 48), image("s.img", 8));
+    run("mkfs.vfat", &["-n", "EFI", vfat.to_str().unwrap()]);
+    run(
+        "mkfs.btrfs",
+        &["-q", "--mixed", "-L", "data", btrfs.to_str().unwrap()],
+    );
+    run("mkswap", &["-q", "-L", "swap0", swap.to_str().unwrap()]);
+    let disk = image("disk.raw", 1 + 16 + 48 + 8 + 1);
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", disk.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let script =
+        "label: gpt\nstart=2048, size=32768, type=U\nsize=98304, type=L\nsize=16384, type=S\n";
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    copy_into(&disk, 1 << 20, &vfat);
+    copy_into(&disk, 17 << 20, &btrfs);
+    copy_into(&disk, 65 << 20, &swap);
+
+    let report = check(&qemu, open(&disk), "raw, vfat + btrfs + swap");
+    let summary: Vec<_> = report
+        .partitions
+        .iter()
+        .map(|p| (p.device.as_str(), p.fs.as_deref(), p.mounted, p.fsck.ran))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("vda1", Some("vfat"), true, false),
+            ("vda2", Some("btrfs"), true, false),
+            ("vda3", Some("swap"), false, false),
+        ],
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.partitions[1].label.as_deref(), Some("data"));
+    assert!(report.usable, "{:?}", report.problems);
+}

@@ -140,11 +140,21 @@ pub fn run(
     })?;
     let plan = plan::Plan::of_disk(disk.as_ref())?;
     let index = modules::ModuleIndex::load(&kernel.modules_dir)?;
-    let mut wanted: Vec<&str> = modules::DISK_MODULES.to_vec();
+    let mut module_files = index.resolve(modules::DISK_MODULES)?;
+    // a kernel without a filesystem's driver still checks the other filesystems
+    let mut missing_drivers = Vec::new();
     for fs in plan.filesystems() {
-        wanted.extend_from_slice(modules::filesystem_modules(fs));
+        match index.resolve(modules::filesystem_modules(fs)) {
+            Ok(files) => {
+                for file in files {
+                    if !module_files.contains(&file) {
+                        module_files.push(file);
+                    }
+                }
+            }
+            Err(err) => missing_drivers.push(format!("no {fs} driver for the appliance: {err}")),
+        }
     }
-    let module_files = index.resolve(&wanted)?;
     let busybox = initramfs::find_tool(
         "busybox",
         options.busybox.as_deref(),
@@ -174,7 +184,9 @@ pub fn run(
         access: options.access,
     };
     let outcome = backend.boot(&spec)?;
-    Ok(report::build(kernel, &plan, &outcome))
+    let mut report = report::build(kernel, &plan, &outcome);
+    report.problems.extend(missing_drivers);
+    Ok(report)
 }
 
 /// [`BASE_CMDLINE`], the TSC hint ([`crate::qemu::tsc_cmdline`]) and `extra`.

@@ -17,8 +17,10 @@ pub fn filesystem_modules(fs: &str) -> &'static [&'static str] {
         "ext2" | "ext3" | "ext4" => &["ext4"],
         "xfs" => &["xfs"],
         "btrfs" => &["btrfs"],
-        // FAT's default codepage and iocharset (CONFIG_FAT_DEFAULT_CODEPAGE=437, utf8)
-        "vfat" => &["vfat", "nls_cp437", "nls_iso8859_1"],
+        // FAT's default codepage and iocharsets (Debian: CONFIG_FAT_DEFAULT_CODEPAGE=437,
+        // CONFIG_FAT_DEFAULT_IOCHARSET="ascii"; without nls_ascii mount says EINVAL)
+        "vfat" => &["vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1"],
+        "ntfs" => &["ntfs3"],
         _ => &[],
     }
 }
