@@ -39,7 +39,7 @@ pub struct GuestKernelOptions {
     pub timeout: Duration,
     pub memory_mib: u32,
     pub vcpus: u8,
-    /// Appended to the command line after vdr's own arguments.
+    /// Appended to the command line after vdr's own arguments and the host's TSC rate.
     pub extra_cmdline: String,
     /// Substrings of console lines that mean the image's own init runs (for images whose
     /// init is neither systemd, sysvinit nor OpenRC).
@@ -77,7 +77,7 @@ pub struct GuestKernelReport {
     pub image_cmdline: String,
     pub image_cmdline_source: String,
     /// What was booted: the image's arguments less [`GuestKernelReport::cmdline_dropped`],
-    /// plus vdr's console/panic arguments and the caller's extras.
+    /// plus vdr's console/panic arguments, the host TSC rate and the caller's extras.
     pub cmdline: String,
     pub cmdline_dropped: Vec<String>,
     pub backend: BackendKind,
@@ -131,7 +131,10 @@ pub fn run(
 ) -> Result<GuestKernelReport, Error> {
     let volumes = volumes::open_volumes(&disk)?;
     let found = locate::find_kernel(&volumes, options.limits)?;
-    let cmdline = boot_cmdline(&found.image_cmdline, &options.extra_cmdline);
+    // The TSC rate on the command line spares the guest a PIT calibration that fails on a
+    // busy TCG host and stalls the boot (see crate::qemu::tsc_cmdline).
+    let extra = format!("{} {}", crate::qemu::tsc_cmdline(), options.extra_cmdline);
+    let cmdline = boot_cmdline(&found.image_cmdline, &extra);
     // COMMAND_LINE_SIZE counts the terminating NUL.
     if cmdline.line.len() >= MAX_CMDLINE {
         return Err(Error::CmdlineTooLong {
