@@ -28,10 +28,14 @@ use vdr_verify_vm::guest_kernel::{self, Error, GuestKernelOptions, Limits, Probl
 const ALERT_CONSOLE: &str =
     include_str!("../src/guest_kernel/testdata/debian-6.1-initramfs-alert.console");
 
+/// What a [`Recording`] backend was asked to boot: kernel, initrd, command line, disk
+/// access, timeout.
+type RecordedBoot = (Vec<u8>, Option<Vec<u8>>, String, DiskAccess, Duration);
+
 /// A backend that records the boot it was asked for and answers with a fixed console.
 struct Recording {
     console: &'static str,
-    spec: RefCell<Option<(Vec<u8>, Option<Vec<u8>>, String, DiskAccess, Duration)>>,
+    spec: RefCell<Option<RecordedBoot>>,
 }
 
 impl Recording {
@@ -151,7 +155,10 @@ fn grub_kernel_and_initrd_are_booted_with_vdr_console_args() {
         cmdline.starts_with("root=UUID=1234 ro console=ttyS0 panic=-1 reboot=k pci=off"),
         "{cmdline}"
     );
-    assert!(!cmdline.contains("quiet") && !cmdline.contains("tty0"), "{cmdline}");
+    assert!(
+        !cmdline.contains("quiet") && !cmdline.contains("tty0"),
+        "{cmdline}"
+    );
     assert_eq!(access, DiskAccess::Overlay);
     assert_eq!(timeout, Duration::from_secs(60));
     assert_eq!(report.kernel.partition, Some(1));
@@ -174,8 +181,8 @@ fn console_failure_is_reported_with_stage_alert_and_panic() {
     write_tree(&root, &[("boot/vmlinuz-6.1.0-1-amd64", b"k")]);
     let disk = make_disk(dir.path(), &one_ext4(&root), false);
 
-    let report = guest_kernel::run(disk, &Recording::new(ALERT_CONSOLE), &Default::default())
-        .unwrap();
+    let report =
+        guest_kernel::run(disk, &Recording::new(ALERT_CONSOLE), &Default::default()).unwrap();
 
     assert!(!report.boot_ok);
     assert_eq!(report.furthest, Some(Stage::DiskFound));
@@ -217,7 +224,11 @@ fn newest_kernel_and_uuid_root_are_used_without_grub_cfg() {
 
     assert_eq!(report.kernel.version, "5.10.0-100-amd64");
     assert_eq!(report.initrd.unwrap().bytes, 13);
-    assert!(report.image_cmdline.starts_with("root=UUID="), "{}", report.image_cmdline);
+    assert!(
+        report.image_cmdline.starts_with("root=UUID="),
+        "{}",
+        report.image_cmdline
+    );
     assert!(report.image_cmdline.ends_with(" ro"));
     assert_eq!(report.furthest, None);
     assert!(!report.boot_ok);
@@ -238,7 +249,10 @@ fn separate_boot_partition_is_searched_at_its_top() {
             ("initrd.img-6.1.0-13-amd64", b"initrd"),
         ],
     );
-    write_tree(&root, &[("etc/os-release", b"ID=test\n"), ("boot/.keep", b"")]);
+    write_tree(
+        &root,
+        &[("etc/os-release", b"ID=test\n"), ("boot/.keep", b"")],
+    );
     std::os::unix::fs::symlink("boot/vmlinuz-6.1.0-13-amd64", root.join("vmlinuz")).unwrap();
     let ext4 = |label: &str, root: &Path| Partition {
         size_mib: 16,
@@ -260,7 +274,9 @@ fn separate_boot_partition_is_searched_at_its_top() {
     assert_eq!(report.kernel.path, "/vmlinuz-6.1.0-13-amd64");
     assert_eq!(report.initrd.unwrap().path, "/initrd.img-6.1.0-13-amd64");
     assert!(
-        report.kernel_chosen_because.contains("/vmlinuz symlink on partition 2"),
+        report
+            .kernel_chosen_because
+            .contains("/vmlinuz symlink on partition 2"),
         "{}",
         report.kernel_chosen_because
     );
@@ -295,7 +311,7 @@ fn xfs_boot_partition_is_named_in_the_no_kernel_error() {
     layout.build(&raw).unwrap();
     // An XFS superblock's magic at the start of partition 1 (1 MiB into the disk).
     let mut file = fs::OpenOptions::new().write(true).open(&raw).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&mut file, b"XFSB", 1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"XFSB", 1 << 20).unwrap();
     file.flush().unwrap();
     let disk: Arc<dyn VirtualDisk> = Arc::new(open_disk(&raw, &OpenOptions::default()).unwrap());
 
@@ -303,7 +319,10 @@ fn xfs_boot_partition_is_named_in_the_no_kernel_error() {
 
     let text = err.to_string();
     assert!(matches!(err, Error::NoKernel { .. }), "{text}");
-    assert!(text.contains("partition 1: XFS (vdr has no XFS reader"), "{text}");
+    assert!(
+        text.contains("partition 1: XFS (vdr has no XFS reader"),
+        "{text}"
+    );
     assert!(text.contains("partition 2: ext2/3/4"), "{text}");
 }
 
@@ -343,7 +362,17 @@ fn oversized_kernel_is_refused_before_it_is_read() {
 
     let err = guest_kernel::run(disk, &backend, &options).unwrap_err();
 
-    assert!(matches!(err, Error::TooLarge { len: 5000, cap: 4096, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                len: 5000,
+                cap: 4096,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(backend.spec.take().is_none());
 }
 
@@ -370,8 +399,10 @@ fn boot_kit() -> Result<BootKit, String> {
     if let Some(skip) = missing(&["qemu-system-x86_64", "qemu-img", "sfdisk", "mkfs.ext4"]) {
         return Err(skip);
     }
-    let kernel_dir = std::env::var_os("VDR_GUEST_KERNEL_DIR")
-        .map_or_else(|| PathBuf::from("/var/cache/vdr/linux-image"), PathBuf::from);
+    let kernel_dir = std::env::var_os("VDR_GUEST_KERNEL_DIR").map_or_else(
+        || PathBuf::from("/var/cache/vdr/linux-image"),
+        PathBuf::from,
+    );
     let version = fs::read_dir(kernel_dir.join("boot"))
         .ok()
         .into_iter()
@@ -427,7 +458,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }
@@ -472,7 +503,12 @@ fn build_initramfs(kit: &BootKit) -> Vec<u8> {
         cpio.entry(dir, 0o040755, (0, 0), b"");
     }
     cpio.entry("dev/console", 0o020600, (5, 1), b"");
-    cpio.entry("bin/busybox", 0o100755, (0, 0), &fs::read(&kit.busybox).unwrap());
+    cpio.entry(
+        "bin/busybox",
+        0o100755,
+        (0, 0),
+        &fs::read(&kit.busybox).unwrap(),
+    );
     cpio.entry("init", 0o100755, (0, 0), INITRAMFS_INIT.as_bytes());
     let modules = kit
         .kernel_dir
@@ -492,7 +528,8 @@ fn bootable_image(kit: &BootKit, dir: &Path, root_device: &str) -> Arc<dyn Virtu
     let v = &kit.version;
     let root = dir.join("root");
     let kernel = fs::read(kit.kernel_dir.join(format!("boot/vmlinuz-{v}"))).unwrap();
-    let init = format!("#!/bin/busybox sh\necho \"{USERSPACE_MARKER}\"\n/bin/busybox poweroff -f\n");
+    let init =
+        format!("#!/bin/busybox sh\necho \"{USERSPACE_MARKER}\"\n/bin/busybox poweroff -f\n");
     let grub = format!(
         "menuentry 'vdr test' {{\n\tlinux\t/boot/vmlinuz-{v} root={root_device} ro quiet\n\
          \tinitrd\t/boot/initrd.img-{v}\n}}\n"
@@ -532,7 +569,10 @@ fn print_timeline(report: &guest_kernel::GuestKernelReport) {
         println!("{:>7} ms  {:?}", mark.at_ms, mark.stage);
     }
     for problem in &report.problems {
-        println!("{:>7} ms  {:?}: {}", problem.at_ms, problem.kind, problem.line);
+        println!(
+            "{:>7} ms  {:?}: {}",
+            problem.at_ms, problem.kind, problem.line
+        );
     }
     println!(
         "exit {:?} after {} ms; furthest {:?}; boot_ok {}",
@@ -602,7 +642,9 @@ fn missing_root_device_is_reported_with_alert_and_panic_under_qemu() {
             ProblemKind::Panic
         ]
     );
-    assert!(report.problems[1].line.contains("ALERT!  /dev/vda9 does not exist."));
+    assert!(report.problems[1]
+        .line
+        .contains("ALERT!  /dev/vda9 does not exist."));
     assert_eq!(
         report.panic.as_deref(),
         Some("Attempted to kill init! exitcode=0x00000100")

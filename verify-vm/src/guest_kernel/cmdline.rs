@@ -136,7 +136,10 @@ submenu 'Advanced options for Debian GNU/Linux' {
 
     #[test]
     fn grub_cfg_without_linux_line_gives_none() {
-        assert_eq!(first_grub_linux("set timeout=5\nmenuentry 'x' {\n}\n"), None);
+        assert_eq!(
+            first_grub_linux("set timeout=5\nmenuentry 'x' {\n}\n"),
+            None
+        );
         assert_eq!(first_grub_linux("linux\n"), None);
         assert_eq!(first_grub_linux(""), None);
     }

@@ -80,8 +80,8 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
     let mut notes = Vec::new();
     let candidates = kernel_candidates(&volumes.ext4, &mut notes);
     let grub = find_grub(&volumes.ext4);
-    let (chosen, chosen_because) = choose(&candidates, grub.as_ref(), &volumes.ext4)
-        .ok_or_else(|| Error::NoKernel {
+    let (chosen, chosen_because) =
+        choose(&candidates, grub.as_ref(), &volumes.ext4).ok_or_else(|| Error::NoKernel {
             looked_at: volumes.looked_at.clone(),
         })?;
     let ext4 = volumes.ext4.get(chosen.fs).ok_or_else(|| Error::NoKernel {
@@ -97,7 +97,12 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
 
     let initrd = find_initrd(ext4, &chosen.path, &chosen.version);
     let initrd_image = match &initrd {
-        Some(file) => Some(read_capped(ext4, &file.path, "initrd", limits.max_initrd_bytes)?),
+        Some(file) => Some(read_capped(
+            ext4,
+            &file.path,
+            "initrd",
+            limits.max_initrd_bytes,
+        )?),
         None => {
             notes.push(format!(
                 "no initrd for {} beside {} on {}",
@@ -110,7 +115,10 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
     let (image_cmdline, cmdline_source) = match &grub {
         Some((fs, path, linux)) => (
             linux.args.clone(),
-            format!("the first linux line of {path} on {}", volume_of(volumes, *fs)),
+            format!(
+                "the first linux line of {path} on {}",
+                volume_of(volumes, *fs)
+            ),
         ),
         None => fallback_cmdline(&volumes.ext4, initrd.is_some(), &mut notes),
     };
@@ -208,10 +216,20 @@ fn choose<'c>(
     volumes: &[Ext4Volume],
 ) -> Option<(&'c Candidate, String)> {
     if let Some((fs, path, linux)) = grub {
-        let named = linux.kernel_path.rsplit('/').next().and_then(kernel_version);
+        let named = linux
+            .kernel_path
+            .rsplit('/')
+            .next()
+            .and_then(kernel_version);
         if let Some(c) = named.and_then(|v| candidates.iter().find(|c| c.version == v)) {
-            let on = volumes.get(*fs).map(|v| v.volume.to_string()).unwrap_or_default();
-            return Some((c, format!("named by the first linux line of {path} on {on}")));
+            let on = volumes
+                .get(*fs)
+                .map(|v| v.volume.to_string())
+                .unwrap_or_default();
+            return Some((
+                c,
+                format!("named by the first linux line of {path} on {on}"),
+            ));
         }
     }
     for ext4 in volumes {
@@ -224,22 +242,31 @@ fn choose<'c>(
             };
             let named = target.rsplit('/').next().and_then(kernel_version);
             if let Some(c) = named.and_then(|v| candidates.iter().find(|c| c.version == v)) {
-                return Some((c, format!("the {link} symlink on {} points at it", ext4.volume)));
+                return Some((
+                    c,
+                    format!("the {link} symlink on {} points at it", ext4.volume),
+                ));
             }
         }
     }
-    let newest = candidates
-        .iter()
-        .reduce(|best, c| match compare_versions(&c.version, &best.version) {
-            std::cmp::Ordering::Greater => c,
-            _ => best,
-        })?;
-    Some((newest, format!("the newest of {} kernels found", candidates.len())))
+    let newest =
+        candidates.iter().reduce(
+            |best, c| match compare_versions(&c.version, &best.version) {
+                std::cmp::Ordering::Greater => c,
+                _ => best,
+            },
+        )?;
+    Some((
+        newest,
+        format!("the newest of {} kernels found", candidates.len()),
+    ))
 }
 
 /// The initrd beside `kernel_path` for `version`.
 fn find_initrd(ext4: &Ext4Volume, kernel_path: &str, version: &str) -> Option<BootFile> {
-    let dir = kernel_path.rsplit_once('/').map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
+    let dir = kernel_path
+        .rsplit_once('/')
+        .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
     initrd_names(version).iter().find_map(|name| {
         let path = join(dir, name);
         let metadata = ext4.fs.metadata(path.as_str()).ok()?;
@@ -253,7 +280,12 @@ fn find_initrd(ext4: &Ext4Volume, kernel_path: &str, version: &str) -> Option<Bo
 }
 
 /// Reads a whole file after checking its size against `cap`.
-fn read_capped(ext4: &Ext4Volume, path: &str, what: &'static str, cap: u64) -> Result<Vec<u8>, Error> {
+fn read_capped(
+    ext4: &Ext4Volume,
+    path: &str,
+    what: &'static str,
+    cap: u64,
+) -> Result<Vec<u8>, Error> {
     let read_error = |source| Error::Read {
         path: path.to_string(),
         volume: ext4.volume.to_string(),
@@ -275,14 +307,28 @@ fn read_capped(ext4: &Ext4Volume, path: &str, what: &'static str, cap: u64) -> R
 /// The command line when there is no grub.cfg: the root file system by UUID (an initramfs
 /// resolves it with udev/blkid) or, without an initramfs, by device name, since the kernel
 /// alone cannot resolve `UUID=` (init/do_mounts.c knows only PARTUUID= and names).
-fn fallback_cmdline(volumes: &[Ext4Volume], has_initrd: bool, notes: &mut Vec<String>) -> (String, String) {
+fn fallback_cmdline(
+    volumes: &[Ext4Volume],
+    has_initrd: bool,
+    notes: &mut Vec<String>,
+) -> (String, String) {
     let root = volumes.iter().find(|v| is_root(&v.fs));
     match root {
         Some(root) => {
             let arg = match (has_initrd, root.volume) {
                 (true, _) => format!("root=UUID={}", root.fs.uuid()),
-                (false, Volume { partition: Some(n), .. }) => format!("root=/dev/vda{n}"),
-                (false, Volume { partition: None, .. }) => "root=/dev/vda".to_string(),
+                (
+                    false,
+                    Volume {
+                        partition: Some(n), ..
+                    },
+                ) => format!("root=/dev/vda{n}"),
+                (
+                    false,
+                    Volume {
+                        partition: None, ..
+                    },
+                ) => "root=/dev/vda".to_string(),
             };
             (
                 format!("{arg} ro"),
@@ -291,7 +337,10 @@ fn fallback_cmdline(volumes: &[Ext4Volume], has_initrd: bool, notes: &mut Vec<St
         }
         None => {
             notes.push("no grub.cfg and no partition holds /etc/os-release or /sbin/init: booting without root=".into());
-            ("ro".to_string(), "no grub.cfg and no root file system found".to_string())
+            (
+                "ro".to_string(),
+                "no grub.cfg and no root file system found".to_string(),
+            )
         }
     }
 }

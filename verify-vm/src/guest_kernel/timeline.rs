@@ -160,7 +160,8 @@ impl Parser {
 
     /// The stage a console line shows, if any.
     fn stage_of(&self, line: &str) -> Option<Stage> {
-        let stage = kernel_stage_of(line).or_else(|| userspace_stage_of(line, &self.userspace_markers))?;
+        let stage =
+            kernel_stage_of(line).or_else(|| userspace_stage_of(line, &self.userspace_markers))?;
         if stage >= Stage::Userspace && self.in_initramfs() {
             return None;
         }
@@ -279,16 +280,13 @@ pub fn clean_line(text: &str) -> String {
 
 /// Skips the rest of an escape sequence: CSI (`ESC [ ... final`) or a two-byte `ESC x`.
 fn skip_escape(chars: &mut std::str::Chars<'_>) {
-    match chars.next() {
-        Some('[') => {
-            // CSI parameters and intermediates are 0x20..=0x3f; the final byte is 0x40..=0x7e.
-            for c in chars.by_ref() {
-                if ('\u{40}'..='\u{7e}').contains(&c) {
-                    break;
-                }
+    if chars.next() == Some('[') {
+        // CSI parameters and intermediates are 0x20..=0x3f; the final byte is 0x40..=0x7e.
+        for c in chars.by_ref() {
+            if ('\u{40}'..='\u{7e}').contains(&c) {
+                break;
             }
         }
-        Some(_) | None => {}
     }
 }
 

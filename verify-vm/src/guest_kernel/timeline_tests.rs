@@ -63,7 +63,9 @@ fn stage_lines_are_cleaned_and_timed() {
     let kernel = &timeline.stages[0];
     // Line 3 of the capture: SeaBIOS text and escape sequences before the printk.
     assert_eq!(kernel.at_ms, 20);
-    assert!(kernel.line.starts_with("Probing EDD (edd=off to disable)... o[    0.000000] Linux version 6.1.0-56-cloud-amd64"));
+    assert!(kernel.line.starts_with(
+        "Probing EDD (edd=off to disable)... o[    0.000000] Linux version 6.1.0-56-cloud-amd64"
+    ));
     assert!(!kernel.line.contains('\u{1b}'));
     let disk = timeline
         .stages
@@ -207,7 +209,8 @@ fn parser_says_when_userspace_is_reached() {
 
 #[test]
 fn garbage_console_gives_no_stage_and_no_problem() {
-    let text = "\u{0}\u{1}\u{7f}\u{1b}[\u{1b}\n\u{fffd}\u{fffd}Linux\nversion\nRun as init process\n";
+    let text =
+        "\u{0}\u{1}\u{7f}\u{1b}[\u{1b}\n\u{fffd}\u{fffd}Linux\nversion\nRun as init process\n";
     let timeline = parse(&console(text), &[String::new()]);
 
     assert_eq!(timeline, Timeline::default());

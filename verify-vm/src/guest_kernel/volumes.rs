@@ -71,7 +71,10 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
                 .collect();
             let mut findings = table.findings;
             if table.partitions.is_empty() {
-                findings.push(format!("the {} table lists no partitions", table.scheme.name()));
+                findings.push(format!(
+                    "the {} table lists no partitions",
+                    table.scheme.name()
+                ));
             }
             (volumes, findings)
         }
