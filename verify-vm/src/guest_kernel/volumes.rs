@@ -3,10 +3,10 @@
 //! others a note of what they are, for the "looked at" list of a failed search.
 //!
 //! ext4-view reads ext2, ext3 and ext4 (it needs the `filetype` feature, which mke2fs has
-//! set by default since 1.x). XFS and Btrfs are recognised by their superblock magic
-//! (XFS `XFSB` at byte 0, xfs_format.h; Btrfs `_BHRfS_M` at 64 KiB + 64, btrfs ctree.h)
-//! only to say so: no crate in this workspace reads them, so a /boot on XFS (RHEL and
-//! its rebuilds) is reported, not searched.
+//! set by default since 1.x). Other volumes are recognised by magic number (XFS, Btrfs,
+//! LVM, LUKS, swap, FAT) only to say what they are: no crate in this workspace reads them,
+//! so a /boot on XFS (RHEL and its rebuilds) or a root inside LVM is reported, not
+//! searched.
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,10 +50,6 @@ pub struct Volumes {
     /// Partition-table damage and choices (from [`vdr_formats::partition`]).
     pub findings: Vec<String>,
 }
-
-const XFS_MAGIC: &[u8; 4] = b"XFSB";
-const BTRFS_MAGIC: &[u8; 8] = b"_BHRfS_M";
-const BTRFS_MAGIC_OFFSET: u64 = 0x1_0040;
 
 /// Opens every ext2/3/4 file system of `disk`.
 pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
@@ -101,15 +97,9 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
             }
             Err(err) => {
                 let what = match sniff(disk.as_ref(), volume) {
-                    Some(Foreign::Xfs) => {
-                        "XFS (vdr has no XFS reader, so a /boot on it cannot be searched)"
-                            .to_string()
-                    }
-                    Some(Foreign::Btrfs) => {
-                        "Btrfs (vdr has no Btrfs reader, so a /boot on it cannot be searched)"
-                            .to_string()
-                    }
-                    None => format!("not ext2/3/4 ({err})"),
+                    Some(Kind::Ext) => format!("ext2/3/4 that ext4-view cannot open ({err})"),
+                    Some(other) => other.description().to_string(),
+                    None => "no file system vdr recognises".to_string(),
                 };
                 out.looked_at.push(format!("{volume}: {what}"));
             }
@@ -118,30 +108,56 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
     Ok(out)
 }
 
-enum Foreign {
+/// What a volume holds, by magic number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ext,
     Xfs,
     Btrfs,
+    Lvm,
+    Luks,
+    Swap,
+    Fat,
 }
 
-/// Recognises the file systems vdr cannot read, by magic; read errors mean "unknown".
-fn sniff(disk: &dyn VirtualDisk, volume: Volume) -> Option<Foreign> {
-    let read = |offset: u64, buf: &mut [u8]| -> bool {
-        let Some(end) = offset.checked_add(buf.len() as u64) else {
-            return false;
-        };
-        end <= volume.len
-            && volume
-                .start
-                .checked_add(offset)
-                .is_some_and(|at| disk.read_at(buf, at).is_ok())
-    };
-    let mut xfs = [0u8; 4];
-    if read(0, &mut xfs) && &xfs == XFS_MAGIC {
-        return Some(Foreign::Xfs);
+impl Kind {
+    fn description(self) -> &'static str {
+        match self {
+            Kind::Ext => "ext2/3/4",
+            Kind::Xfs => "XFS (vdr has no XFS reader; a /boot on it cannot be searched)",
+            Kind::Btrfs => "Btrfs (vdr has no Btrfs reader; a /boot on it cannot be searched)",
+            Kind::Lvm => {
+                "LVM physical volume (vdr does not open LVM; its volumes are not searched)"
+            }
+            Kind::Luks => "LUKS-encrypted (not searched)",
+            Kind::Swap => "swap",
+            Kind::Fat => "FAT (not searched)",
+        }
     }
-    let mut btrfs = [0u8; 8];
-    if read(BTRFS_MAGIC_OFFSET, &mut btrfs) && &btrfs == BTRFS_MAGIC {
-        return Some(Foreign::Btrfs);
-    }
-    None
+}
+
+/// Magic numbers, at their offsets in the volume: ext2/3/4 s_magic 0xEF53 (superblock at
+/// 1024, field at 0x38), XFS sb_magicnum, Btrfs at 64 KiB + 0x40, the LVM2 label in sector
+/// 1, LUKS, Linux swap's signature at the end of the first 4 KiB page, FAT's BPB file
+/// system type (FAT12/16 at 0x36, FAT32 at 0x52).
+const MAGICS: &[(u64, &[u8], Kind)] = &[
+    (1024 + 0x38, &[0x53, 0xEF], Kind::Ext),
+    (0, b"XFSB", Kind::Xfs),
+    (0x1_0040, b"_BHRfS_M", Kind::Btrfs),
+    (512, b"LABELONE", Kind::Lvm),
+    (0, b"LUKS\xba\xbe", Kind::Luks),
+    (4096 - 10, b"SWAPSPACE2", Kind::Swap),
+    (0x36, b"FAT", Kind::Fat),
+    (0x52, b"FAT32", Kind::Fat),
+];
+
+/// Recognises a volume by magic; read errors mean "unknown".
+fn sniff(disk: &dyn VirtualDisk, volume: Volume) -> Option<Kind> {
+    MAGICS.iter().find_map(|&(offset, magic, kind)| {
+        let mut buf = [0u8; 16];
+        let buf = buf.get_mut(..magic.len())?;
+        let end = offset.checked_add(magic.len() as u64)?;
+        let at = volume.start.checked_add(offset)?;
+        (end <= volume.len && disk.read_at(buf, at).is_ok() && buf == magic).then_some(kind)
+    })
 }
