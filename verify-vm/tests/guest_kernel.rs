@@ -201,6 +201,33 @@ fn console_failure_is_reported_with_stage_alert_and_panic() {
 }
 
 #[test]
+fn root_failure_before_the_disk_appears_hints_at_missing_virtio_modules() {
+    if let Some(skip) = missing(&["sfdisk", "mkfs.ext4"]) {
+        return println!("{skip}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write_tree(&root, &[("boot/vmlinuz-6.1.0-1-amd64", b"k")]);
+    let disk = make_disk(dir.path(), &one_ext4(&root), false);
+    let console = include_str!("../src/guest_kernel/testdata/debian-6.1-no-initrd-panic.console");
+
+    let report = guest_kernel::run(disk, &Recording::new(console), &Default::default()).unwrap();
+
+    assert_eq!(
+        report.panic.as_deref(),
+        Some("VFS: Unable to mount root fs on unknown-block(0,0)")
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.contains("may lack the virtio_mmio or virtio_blk")),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[test]
 fn newest_kernel_and_uuid_root_are_used_without_grub_cfg() {
     if let Some(skip) = missing(&["sfdisk", "mkfs.ext4"]) {
         return println!("{skip}");
@@ -463,6 +490,9 @@ fn image_kernel_boots_to_its_own_init_under_qemu() {
     let report = guest_kernel::run(disk, &backend, &qemu_options()).unwrap();
 
     print_timeline(&report);
+    let mut json = serde_json::to_value(&report).unwrap();
+    json["console_tail"] = serde_json::json!(["..."]);
+    println!("{}", serde_json::to_string_pretty(&json).unwrap());
     assert!(report.boot_ok, "{:#?}", report.console_tail);
     assert_eq!(report.furthest, Some(Stage::Userspace));
     let stages: Vec<Stage> = report.stages.iter().map(|m| m.stage).collect();

@@ -123,6 +123,26 @@ pub enum Error {
     Backend(#[from] BackendError),
 }
 
+/// A hint when the boot failed looking for its root before the kernel ever saw the disk:
+/// the machine has no PCI, so an initramfs built for a PCI cloud (initramfs-tools
+/// `MODULES=dep`, dracut host-only) may lack virtio_mmio or virtio_blk.
+fn disk_never_appeared(timeline: &Timeline) -> Option<String> {
+    let disk_seen = timeline.stages.iter().any(|m| m.stage == Stage::DiskFound);
+    let root_missing = timeline.problems.iter().any(|p| {
+        matches!(
+            p.kind,
+            ProblemKind::RootWaitTimeout
+                | ProblemKind::InitramfsShell
+                | ProblemKind::RootMountFailed
+        )
+    });
+    (!disk_seen && root_missing).then(|| {
+        "the kernel never reported the virtio disk (no \"virtio_blk virtio0: [vda]\" line): \
+         the image's initrd may lack the virtio_mmio or virtio_blk module (the VM has no PCI)"
+            .to_string()
+    })
+}
+
 /// Finds the image's kernel, boots it on `backend` and reports how far it got.
 pub fn run(
     disk: Arc<dyn VirtualDisk>,
@@ -167,6 +187,7 @@ pub fn run(
         .collect();
     let mut findings = volumes.findings;
     findings.extend(found.notes);
+    findings.extend(disk_never_appeared(&timeline));
     Ok(GuestKernelReport {
         kernel: found.kernel,
         initrd: found.initrd,
