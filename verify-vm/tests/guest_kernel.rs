@@ -228,6 +228,110 @@ fn root_failure_before_the_disk_appears_hints_at_missing_virtio_modules() {
 }
 
 #[test]
+fn newest_bls_entry_is_booted_with_kernelopts_from_grubenv() {
+    if let Some(skip) = missing(&["sfdisk", "mkfs.ext4"]) {
+        return println!("{skip}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write_tree(
+        &root,
+        &[
+            ("boot/vmlinuz-5.14.0-70.el9.x86_64", b"old"),
+            ("boot/vmlinuz-5.14.0-362.el9.x86_64", b"new"),
+            ("boot/initramfs-5.14.0-362.el9.x86_64.img", b"dracut"),
+            ("boot/grub2/grub.cfg", b"insmod blscfg\nblscfg\n"),
+            (
+                "boot/grub2/grubenv",
+                b"# GRUB Environment Block\nkernelopts=root=/dev/vda2 ro crashkernel=auto\n",
+            ),
+            (
+                "boot/loader/entries/abc-5.14.0-70.el9.x86_64.conf",
+                b"title old\nversion 5.14.0-70.el9.x86_64\nlinux /vmlinuz-5.14.0-70.el9.x86_64\n\
+                  options $kernelopts\n",
+            ),
+            (
+                "boot/loader/entries/abc-5.14.0-362.el9.x86_64.conf",
+                b"title new\nversion 5.14.0-362.el9.x86_64\nlinux /vmlinuz-5.14.0-362.el9.x86_64\n\
+                  options $kernelopts rhgb quiet\n",
+            ),
+        ],
+    );
+    let disk = make_disk(dir.path(), &one_ext4(&root), false);
+
+    let report = guest_kernel::run(disk, &Recording::new(""), &Default::default()).unwrap();
+
+    assert_eq!(report.kernel.version, "5.14.0-362.el9.x86_64");
+    assert_eq!(
+        report.image_cmdline,
+        "root=/dev/vda2 ro crashkernel=auto rhgb quiet"
+    );
+    assert!(report
+        .cmdline
+        .starts_with("root=/dev/vda2 ro crashkernel=auto console=ttyS0"));
+    assert_eq!(
+        report.image_cmdline_source,
+        "BLS entry /boot/loader/entries/abc-5.14.0-362.el9.x86_64.conf (the newest) on partition 1"
+    );
+}
+
+#[test]
+fn damaged_file_system_gives_an_error_or_a_report_never_a_panic() {
+    if let Some(skip) = missing(&["sfdisk", "mkfs.ext4"]) {
+        return println!("{skip}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write_tree(
+        &root,
+        &[
+            ("boot/vmlinuz-6.1.0-13-amd64", &[1u8; 100_000]),
+            ("boot/initrd.img-6.1.0-13-amd64", &[2u8; 50_000]),
+            (
+                "boot/grub/grub.cfg",
+                b"linux /boot/vmlinuz-6.1.0-13-amd64 root=/dev/vda1\n",
+            ),
+            ("etc/os-release", b"ID=x\n"),
+        ],
+    );
+    let raw = dir.path().join("disk.raw");
+    one_ext4(&root).build(&raw).unwrap();
+    let pristine = fs::read(&raw).unwrap();
+    // Damage the file system at pseudo-random places, 64 variants: half in its first 8 KiB
+    // (superblock, group descriptors), half in its first 2 MiB (bitmaps, inode table, the
+    // first directories).
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut refused = 0;
+    for variant in 0..64 {
+        let mut bytes = pristine.clone();
+        let span = if variant % 2 == 0 { 8 << 10 } else { 2 << 20 };
+        for _ in 0..8 {
+            let at = (1 << 20) + (next() % span) as usize;
+            bytes[at] ^= (next() as u8) | 1;
+        }
+        let image = dir.path().join("damaged.raw");
+        fs::write(&image, &bytes).unwrap();
+        let disk: Arc<dyn VirtualDisk> =
+            Arc::new(open_disk(&image, &OpenOptions::default()).unwrap());
+
+        match guest_kernel::run(disk, &Recording::new(""), &Default::default()) {
+            Ok(report) => assert!(report.kernel.bytes <= 128 << 20),
+            Err(err) => {
+                assert!(!err.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    }
+    println!("{refused} of 64 damaged variants refused with an error");
+}
+
+#[test]
 fn newest_kernel_and_uuid_root_are_used_without_grub_cfg() {
     if let Some(skip) = missing(&["sfdisk", "mkfs.ext4"]) {
         return println!("{skip}");

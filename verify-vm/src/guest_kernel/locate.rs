@@ -2,27 +2,20 @@
 //!
 //! Kernels are `vmlinuz-<ver>` files in `/boot` of the root file system or in `/` of a
 //! separate boot partition (both places are searched on every ext2/3/4 volume). Which one
-//! boots, in order of authority: the kernel named by the first `linux` line of grub.cfg (the
-//! default menu entry), the version the root's `/vmlinuz` (or `/boot/vmlinuz`) symlink
-//! points at (Debian's linux-update-symlinks keeps it on the newest install), else the
-//! newest version. The initrd is the matching `initrd.img-<ver>`/`initramfs-<ver>.img`
+//! boots, in order of authority: the kernel named by the image's default boot entry
+//! ([`super::boot_entry`]: grub.cfg's first `linux` line, else the newest BLS entry), the
+//! version the root's `/vmlinuz` (or `/boot/vmlinuz`) symlink points at (Debian's
+//! linux-update-symlinks keeps it on the newest install), else the newest version. The initrd is the matching `initrd.img-<ver>`/`initramfs-<ver>.img`
 //! beside the kernel.
 
 use ext4_view::{Ext4, Ext4Error};
 use serde::Serialize;
 
-use super::cmdline::{first_grub_linux, GrubLinux};
+use super::boot_entry::{find_boot_entry, BootEntry};
 use super::version::{compare_versions, initrd_names, kernel_version};
 use super::volumes::{Ext4Volume, Volume, Volumes};
 use super::Error;
 
-/// Where grub.cfg lives: on the root fs, or at the top of a separate /boot.
-const GRUB_CFG_PATHS: &[&str] = &[
-    "/boot/grub/grub.cfg",
-    "/grub/grub.cfg",
-    "/boot/grub2/grub.cfg",
-    "/grub2/grub.cfg",
-];
 /// Directories searched for kernels.
 const KERNEL_DIRS: &[&str] = &["/boot", "/"];
 /// Symlinks to the current kernel.
@@ -31,8 +24,6 @@ const KERNEL_SYMLINKS: &[&str] = &["/vmlinuz", "/boot/vmlinuz"];
 const ROOT_MARKERS: &[&str] = &["/etc/os-release", "/sbin/init"];
 /// Most directory entries looked at per directory (a damaged directory may loop).
 const MAX_DIR_ENTRIES: usize = 10_000;
-/// Largest grub.cfg read.
-const MAX_GRUB_CFG: u64 = 4 << 20;
 
 /// Size limits for what is read into memory.
 #[derive(Clone, Copy, Debug)]
@@ -79,9 +70,9 @@ struct Candidate {
 pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
     let mut notes = Vec::new();
     let candidates = kernel_candidates(&volumes.ext4, &mut notes);
-    let grub = find_grub(&volumes.ext4);
+    let entry = find_boot_entry(&volumes.ext4);
     let (chosen, chosen_because) =
-        choose(&candidates, grub.as_ref(), &volumes.ext4).ok_or_else(|| Error::NoKernel {
+        choose(&candidates, entry.as_ref(), &volumes.ext4).ok_or_else(|| Error::NoKernel {
             looked_at: volumes.looked_at.clone(),
         })?;
     let ext4 = volumes.ext4.get(chosen.fs).ok_or_else(|| Error::NoKernel {
@@ -112,13 +103,10 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
         }
     };
 
-    let (image_cmdline, cmdline_source) = match &grub {
-        Some((fs, path, linux)) => (
-            linux.args.clone(),
-            format!(
-                "the first linux line of {path} on {}",
-                volume_of(volumes, *fs)
-            ),
+    let (image_cmdline, cmdline_source) = match &entry {
+        Some(entry) => (
+            entry.args.clone(),
+            format!("{} on {}", entry.source, volume_of(volumes, entry.fs)),
         ),
         None => fallback_cmdline(&volumes.ext4, initrd.is_some(), &mut notes),
     };
@@ -194,42 +182,24 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// The first grub.cfg with a `linux` line: (volume index, path, the line).
-fn find_grub(volumes: &[Ext4Volume]) -> Option<(usize, &'static str, GrubLinux)> {
-    volumes.iter().enumerate().find_map(|(fs, ext4)| {
-        GRUB_CFG_PATHS.iter().find_map(|path| {
-            let len = ext4.fs.metadata(*path).ok()?.len();
-            if len > MAX_GRUB_CFG {
-                return None;
-            }
-            let bytes = ext4.fs.read(*path).ok()?;
-            let linux = first_grub_linux(&String::from_utf8_lossy(&bytes))?;
-            Some((fs, *path, linux))
-        })
-    })
-}
-
 /// Picks the kernel to boot and says why.
 fn choose<'c>(
     candidates: &'c [Candidate],
-    grub: Option<&(usize, &str, GrubLinux)>,
+    entry: Option<&BootEntry>,
     volumes: &[Ext4Volume],
 ) -> Option<(&'c Candidate, String)> {
-    if let Some((fs, path, linux)) = grub {
-        let named = linux
+    if let Some(entry) = entry {
+        let named = entry
             .kernel_path
             .rsplit('/')
             .next()
             .and_then(kernel_version);
         if let Some(c) = named.and_then(|v| candidates.iter().find(|c| c.version == v)) {
             let on = volumes
-                .get(*fs)
+                .get(entry.fs)
                 .map(|v| v.volume.to_string())
                 .unwrap_or_default();
-            return Some((
-                c,
-                format!("named by the first linux line of {path} on {on}"),
-            ));
+            return Some((c, format!("named by {} on {on}", entry.source)));
         }
     }
     for ext4 in volumes {
@@ -304,7 +274,7 @@ fn read_capped(
     ext4.fs.read(path).map_err(read_error)
 }
 
-/// The command line when there is no grub.cfg: the root file system by UUID (an initramfs
+/// The command line when no boot entry names one: the root file system by UUID (an initramfs
 /// resolves it with udev/blkid) or, without an initramfs, by device name, since the kernel
 /// alone cannot resolve `UUID=` (init/do_mounts.c knows only PARTUUID= and names).
 fn fallback_cmdline(
@@ -332,14 +302,14 @@ fn fallback_cmdline(
             };
             (
                 format!("{arg} ro"),
-                format!("no grub.cfg; the root file system is {} (it holds /etc/os-release or /sbin/init)", root.volume),
+                format!("no boot entry; the root file system is {} (it holds /etc/os-release or /sbin/init)", root.volume),
             )
         }
         None => {
-            notes.push("no grub.cfg and no partition holds /etc/os-release or /sbin/init: booting without root=".into());
+            notes.push("no boot entry and no partition holds /etc/os-release or /sbin/init: booting without root=".into());
             (
                 "ro".to_string(),
-                "no grub.cfg and no root file system found".to_string(),
+                "no boot entry and no root file system found".to_string(),
             )
         }
     }

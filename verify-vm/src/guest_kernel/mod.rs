@@ -8,9 +8,9 @@
 //! console shows (a panic, a missing root device, an initramfs shell).
 //!
 //! Not for: images whose /boot is XFS or Btrfs (vdr has no reader for them; the error says
-//! so), LVM or LUKS volumes (not opened), or BLS-only boot entries (/boot/loader/entries)
-//! without a grub.cfg `linux` line (the fallback `root=UUID=` is used then).
+//! so), or LVM and LUKS volumes (not opened; the "looked at" list names them).
 
+mod boot_entry;
 mod cmdline;
 mod locate;
 mod reader;
