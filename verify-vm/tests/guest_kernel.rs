@@ -8,7 +8,6 @@
 //! initramfs-tools (it waits for root=, prints initramfs-tools' messages when it is missing,
 //! and `switch_root`s to it).
 
-use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -16,109 +15,18 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vdr_fixtures::linux_disk::{self, Filesystem, LinuxDisk, Partition, Scheme};
+use vdr_fixtures::linux_disk::{Filesystem, LinuxDisk, Partition, Scheme};
 use vdr_formats::{open_disk, OpenOptions, VirtualDisk};
-use vdr_verify_vm::backend::{
-    BackendError, BackendKind, BootOutcome, BootSpec, ConsoleLine, DiskAccess, GuestExit,
-    LinuxBackend,
-};
+use vdr_verify_vm::backend::{DiskAccess, GuestExit};
 use vdr_verify_vm::guest_kernel::{self, Error, GuestKernelOptions, Limits, ProblemKind, Stage};
+
+#[path = "guest_kernel/support.rs"]
+mod support;
+
+use support::{make_disk, missing, one_ext4, write_tree, Recording};
 
 const ALERT_CONSOLE: &str =
     include_str!("../src/guest_kernel/testdata/debian-6.1-initramfs-alert.console");
-
-/// What a [`Recording`] backend was asked to boot: kernel, initrd, command line, disk
-/// access, timeout.
-type RecordedBoot = (Vec<u8>, Option<Vec<u8>>, String, DiskAccess, Duration);
-
-/// A backend that records the boot it was asked for and answers with a fixed console.
-struct Recording {
-    console: &'static str,
-    spec: RefCell<Option<RecordedBoot>>,
-}
-
-impl Recording {
-    fn new(console: &'static str) -> Self {
-        Recording {
-            console,
-            spec: RefCell::new(None),
-        }
-    }
-}
-
-impl LinuxBackend for Recording {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Qemu
-    }
-
-    fn boot(&self, spec: &BootSpec) -> Result<BootOutcome, BackendError> {
-        *self.spec.borrow_mut() = Some((
-            spec.kernel.clone(),
-            spec.initrd.clone(),
-            spec.cmdline.clone(),
-            spec.access,
-            spec.timeout,
-        ));
-        let console = self
-            .console
-            .lines()
-            .zip(0u64..)
-            .map(|(text, i)| ConsoleLine {
-                at: Duration::from_millis(i),
-                text: text.to_string(),
-            })
-            .collect();
-        Ok(BootOutcome {
-            backend: BackendKind::Qemu,
-            console,
-            exit: GuestExit::Reset,
-            elapsed: Duration::from_millis(1234),
-        })
-    }
-}
-
-/// The tools the image builders need, or a SKIP line naming the missing ones.
-fn missing(tools: &[&str]) -> Option<String> {
-    let absent: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !linux_disk::on_path(t))
-        .collect();
-    (!absent.is_empty()).then(|| format!("SKIP: {} not installed", absent.join(", ")))
-}
-
-/// Writes `files` (path → content) under `root`, making directories as needed.
-fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
-    for (path, content) in files {
-        let path = root.join(path.trim_start_matches('/'));
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, content).unwrap();
-    }
-}
-
-/// Builds `disk` as raw, converts it to qcow2 when `qcow2`, and opens it with vdr.
-fn make_disk(dir: &Path, disk: &LinuxDisk, qcow2: bool) -> Arc<dyn VirtualDisk> {
-    let raw = dir.join("disk.raw");
-    disk.build(&raw).unwrap();
-    let path = if qcow2 {
-        let out = dir.join("disk.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["convert", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        out
-    } else {
-        raw
-    };
-    Arc::new(open_disk(&path, &OpenOptions::default()).unwrap())
-}
-
-fn one_ext4(root: &Path) -> LinuxDisk {
-    LinuxDisk::ext4_gpt(32, "root", Some(root))
-}
 
 #[test]
 fn grub_kernel_and_initrd_are_booted_with_vdr_console_args() {
@@ -491,6 +399,23 @@ fn unpartitioned_ext4_disk_is_searched_whole_and_rooted_by_device_name() {
         .findings
         .iter()
         .any(|f| f.starts_with("no initrd for 6.1.0-13-amd64")));
+}
+
+#[test]
+fn corpus_ext2_image_without_kernel_says_what_it_looked_at() {
+    let image = Path::new("/work/shared/corpus/dfvfs/ext2.qcow2");
+    if !image.is_file() {
+        return println!("SKIP: {} not present", image.display());
+    }
+    let disk: Arc<dyn VirtualDisk> = Arc::new(open_disk(image, &OpenOptions::default()).unwrap());
+
+    let err = guest_kernel::run(disk, &Recording::new(""), &Default::default()).unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        "no Linux kernel found in /boot of any ext2/3/4 partition \
+         (looked at: the whole disk: ext2/3/4)"
+    );
 }
 
 #[test]

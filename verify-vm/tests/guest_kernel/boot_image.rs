@@ -11,7 +11,7 @@ use std::sync::Arc;
 use vdr_fixtures::linux_disk::LinuxDisk;
 use vdr_formats::VirtualDisk;
 
-use super::{make_disk, missing, write_tree};
+use super::support::{make_disk, missing, write_tree};
 
 /// The kernel package, its version, and busybox, or a SKIP line.
 pub struct BootKit {
