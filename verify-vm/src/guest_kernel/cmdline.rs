@@ -8,6 +8,8 @@
 //! a screen nobody reads), `quiet`/`splash`/`rhgb`/`loglevel=` (they suppress the messages the
 //! timeline is read from), `panic=`/`reboot=` (vdr needs a panic to end the VM at once).
 //! GRUB's own `BOOT_IMAGE=` and unexpanded `$variables` (Ubuntu's `$vt_handoff`) are dropped.
+//! A root named by a SCSI/IDE/Xen device of the first disk (`root=/dev/sda1`, common in
+//! images from VMware) is renamed to the VM's virtio disk (`root=/dev/vda1`).
 
 /// x86 COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h): the kernel truncates beyond it.
 pub const MAX_CMDLINE: usize = 2048;
@@ -58,6 +60,8 @@ pub fn first_grub_linux(grub_cfg: &str) -> Option<GrubLinux> {
 pub struct BootCmdline {
     pub line: String,
     pub dropped: Vec<String>,
+    /// Arguments vdr rewrote: "root=/dev/sda1 -> root=/dev/vda1".
+    pub renamed: Vec<String>,
 }
 
 /// Builds the boot command line from the image's arguments and the caller's extras:
@@ -65,29 +69,53 @@ pub struct BootCmdline {
 /// put after `--` (arguments for init, which must stay last).
 pub fn boot_cmdline(image_args: &str, extra: &str) -> BootCmdline {
     let mut tokens = image_args.split_whitespace();
-    let mut kept = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     let mut dropped = Vec::new();
+    let mut renamed = Vec::new();
     for token in tokens.by_ref() {
         if token == "--" {
             break;
         }
         if is_dropped(token) {
             dropped.push(token.to_string());
+        } else if let Some(virtio) = virtio_root(token) {
+            renamed.push(format!("{token} -> {virtio}"));
+            kept.push(virtio);
         } else {
-            kept.push(token);
+            kept.push(token.to_string());
         }
     }
     let init_args: Vec<&str> = tokens.collect();
-    kept.extend_from_slice(VDR_ARGS);
-    kept.extend(extra.split_whitespace());
+    kept.extend(VDR_ARGS.iter().map(|a| a.to_string()));
+    kept.extend(extra.split_whitespace().map(str::to_string));
     if !init_args.is_empty() {
-        kept.push("--");
-        kept.extend(init_args);
+        kept.push("--".to_string());
+        kept.extend(init_args.iter().map(|a| a.to_string()));
     }
     BootCmdline {
         line: kept.join(" "),
         dropped,
+        renamed,
     }
+}
+
+/// Prefixes of disk device names the image may have booted from (SCSI/SATA on VMware and
+/// most hypervisors, IDE, Xen) that the VM's virtio disk replaces.
+const FOREIGN_DISK_PREFIXES: &[&str] = &["/dev/sd", "/dev/hd", "/dev/xvd"];
+
+/// `root=/dev/sda1` (or hda1, xvda1) as the VM names the same partition: `root=/dev/vda1`.
+/// The image's only disk is the VM's only disk, so its first disk letter maps to `a`; other
+/// letters are left alone (their disk is not attached).
+fn virtio_root(token: &str) -> Option<String> {
+    let device = token.strip_prefix("root=")?;
+    let rest = FOREIGN_DISK_PREFIXES
+        .iter()
+        .find_map(|prefix| device.strip_prefix(prefix))?;
+    let partition = rest.strip_prefix('a')?;
+    partition
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| format!("root=/dev/vda{partition}"))
 }
 
 fn is_dropped(token: &str) -> bool {
@@ -171,6 +199,37 @@ submenu 'Advanced options for Debian GNU/Linux' {
                 "$vt_handoff"
             ]
         );
+    }
+
+    #[test]
+    fn scsi_ide_and_xen_root_devices_become_the_virtio_disk() {
+        for (image, booted) in [
+            ("root=/dev/sda1", "root=/dev/vda1"),
+            ("root=/dev/hda2", "root=/dev/vda2"),
+            ("root=/dev/xvda", "root=/dev/vda"),
+        ] {
+            let line = boot_cmdline(&format!("{image} ro"), "");
+            assert!(
+                line.line.starts_with(&format!("{booted} ro ")),
+                "{}",
+                line.line
+            );
+            assert_eq!(line.renamed, [format!("{image} -> {booted}")]);
+        }
+    }
+
+    #[test]
+    fn other_root_devices_are_left_alone() {
+        for image in [
+            "root=/dev/sdb1",
+            "root=/dev/sda1x",
+            "root=UUID=abc",
+            "root=/dev/mapper/vg-root",
+        ] {
+            let line = boot_cmdline(image, "");
+            assert!(line.line.starts_with(image), "{}", line.line);
+            assert!(line.renamed.is_empty());
+        }
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct GuestKernelReport {
     /// plus vdr's console/panic arguments, the host TSC rate and the caller's extras.
     pub cmdline: String,
     pub cmdline_dropped: Vec<String>,
+    /// Arguments vdr rewrote for the VM ("root=/dev/sda1 -> root=/dev/vda1").
+    pub cmdline_renamed: Vec<String>,
     pub backend: BackendKind,
     pub stages: Vec<StageMark>,
     pub furthest: Option<Stage>,
@@ -196,6 +198,7 @@ pub fn run(
         image_cmdline_source: found.cmdline_source,
         cmdline: cmdline.line,
         cmdline_dropped: cmdline.dropped,
+        cmdline_renamed: cmdline.renamed,
         backend: outcome.backend,
         stages: timeline.stages,
         furthest: timeline.furthest,
