@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use vdr_formats::VirtualDisk;
-use vdr_verify_vm::backend::{BackendKind, DiskAccess};
+use vdr_verify_vm::appliance::{self, ApplianceOptions, ApplianceReport};
+use vdr_verify_vm::backend::{BackendKind, ConsoleLine, DiskAccess, LinuxBackend};
+use vdr_verify_vm::guest_kernel::{self, GuestKernelOptions, GuestKernelReport};
 use vdr_verify_vm::host::{self, KvmSupport};
 use vdr_verify_vm::probe::{self, ProbeOptions, ProbeReport};
+use vdr_verify_vm::qemu::{ConsoleEcho, QemuBackend};
 
 use super::{open, OpenRequest, Status};
 use crate::cli::{usage_error, VerifyArgs, VerifyBackend, VerifyMode};
@@ -34,6 +37,10 @@ struct VerifyReport {
     elapsed_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     probe: Option<ProbeReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    appliance: Option<ApplianceReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guest_kernel: Option<GuestKernelReport>,
 }
 
 pub fn run(args: &VerifyArgs) -> Result<Status> {
@@ -73,6 +80,8 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
         problems: Vec::new(),
         elapsed_ms: 0,
         probe: None,
+        appliance: None,
+        guest_kernel: None,
     };
     match args.mode {
         VerifyMode::Probe => {
@@ -90,8 +99,52 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
             report.problems = probe.problems.clone();
             report.probe = Some(probe);
         }
-        VerifyMode::Appliance | VerifyMode::GuestKernel => {
-            bail!("--mode {} is being built", mode_name(args.mode))
+        VerifyMode::Appliance => {
+            let backend = linux_backend(args, &host)?;
+            let options = ApplianceOptions {
+                kernel: args.kernel.clone(),
+                timeout: Duration::from_secs(args.timeout.unwrap_or(300)),
+                memory_mib: args.memory,
+                access,
+                ..ApplianceOptions::default()
+            };
+            let appliance =
+                appliance::run(disk, backend.as_ref(), &options).context("appliance mode")?;
+            report.usable = appliance.usable;
+            report.problems = appliance.problems.clone();
+            report.appliance = Some(appliance);
+        }
+        VerifyMode::GuestKernel => {
+            if args.kernel.is_some() {
+                usage_error(
+                    "verify",
+                    "--kernel is for --mode appliance; guest-kernel mode boots the image's own kernel",
+                );
+            }
+            let backend = linux_backend(args, &host)?;
+            let options = GuestKernelOptions {
+                timeout: Duration::from_secs(args.timeout.unwrap_or(120)),
+                memory_mib: args.memory,
+                ..GuestKernelOptions::default()
+            };
+            let booted =
+                guest_kernel::run(disk, backend.as_ref(), &options).context("guest-kernel mode")?;
+            report.usable = booted.boot_ok;
+            report.problems = booted
+                .problems
+                .iter()
+                .map(|p| format!("{} at {} ms: {}", enum_name(&p.kind), p.at_ms, p.line))
+                .collect();
+            if !booted.boot_ok && report.problems.is_empty() {
+                report.problems.push(format!(
+                    "the boot did not reach userspace (furthest stage: {})",
+                    booted
+                        .furthest
+                        .as_ref()
+                        .map_or("none".to_string(), enum_name)
+                ));
+            }
+            report.guest_kernel = Some(booted);
         }
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -105,6 +158,42 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
     } else {
         Status::ProblemsFound
     })
+}
+
+/// The backend that boots Linux for appliance and guest-kernel mode. The KVM backend on a
+/// machine without VMX/SVM refuses with the reason and names `--backend qemu`.
+fn linux_backend(args: &VerifyArgs, host: &KvmSupport) -> Result<Box<dyn LinuxBackend>> {
+    let echo: Option<ConsoleEcho> = args.console.then(|| {
+        Arc::new(|line: &ConsoleLine| eprintln!("[{:>8.3}] {}", line.at.as_secs_f64(), line.text))
+            as ConsoleEcho
+    });
+    Ok(match args.backend {
+        VerifyBackend::Kvm => {
+            if !host.can_boot_linux() {
+                bail!(
+                    "--mode {} boots Linux, which vdr's KVM microVM can only do with hardware virtualization (VMX/SVM): {}",
+                    mode_name(args.mode),
+                    host.explain()
+                );
+            }
+            bail!("the KVM Linux backend is being built")
+        }
+        VerifyBackend::Qemu => {
+            let mut backend = QemuBackend::new()?;
+            if let Some(echo) = echo {
+                backend = backend.with_echo(echo);
+            }
+            Box::new(backend)
+        }
+    })
+}
+
+/// The serde name of a unit enum value ("root-mounted").
+fn enum_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// Streams the probe guest's console to stderr (`--console`).
@@ -133,6 +222,16 @@ fn print_text(report: &VerifyReport) -> Result<()> {
     ))?;
     if let Some(probe) = &report.probe {
         for line in probe_lines(probe) {
+            print_line(&format!("  {line}"))?;
+        }
+    }
+    if let Some(appliance) = &report.appliance {
+        for line in appliance_lines(appliance) {
+            print_line(&format!("  {line}"))?;
+        }
+    }
+    if let Some(booted) = &report.guest_kernel {
+        for line in guest_kernel_lines(booted) {
             print_line(&format!("  {line}"))?;
         }
     }
@@ -210,6 +309,115 @@ fn probe_lines(probe: &ProbeReport) -> Vec<String> {
             .map_or("-".to_string(), |ms| format!("{ms:.1}")),
         t.guest_ms,
         t.total_ms
+    ));
+    lines
+}
+
+/// The appliance report in a few lines of text.
+fn appliance_lines(appliance: &ApplianceReport) -> Vec<String> {
+    let mut lines = vec![format!(
+        "kernel {} ({}); partition table: {}",
+        appliance.kernel.version,
+        appliance.kernel.path.display(),
+        appliance.partition_table.as_deref().unwrap_or("none")
+    )];
+    for part in &appliance.partitions {
+        let mut text = format!(
+            "{}: {}",
+            part.device,
+            part.fs.as_deref().unwrap_or("no filesystem")
+        );
+        if let Some(label) = &part.label {
+            text.push_str(&format!(" label {label:?}"));
+        }
+        if part.fsck.ran {
+            text.push_str(&match part.fsck.clean {
+                Some(true) => ", fsck clean".to_string(),
+                Some(false) => format!(", fsck found errors (exit {:?})", part.fsck.exit_code),
+                None => ", fsck did not finish".to_string(),
+            });
+        }
+        if part.mounted {
+            text.push_str(", mounted read-only");
+        } else if let Some(error) = &part.mount_error {
+            text.push_str(&format!(", mount failed: {error}"));
+        }
+        if let Some(name) = part
+            .os_release
+            .as_ref()
+            .and_then(|os| os.get("PRETTY_NAME").or_else(|| os.get("NAME")))
+        {
+            text.push_str(&format!(", os-release: {name}"));
+        }
+        lines.push(text);
+        for entry in &part.fstab {
+            let found = match entry.found {
+                Some(true) => "found",
+                Some(false) => "MISSING",
+                None => "not a device",
+            };
+            lines.push(format!(
+                "  fstab {} on {}: {found}",
+                entry.spec, entry.mountpoint
+            ));
+        }
+    }
+    for (clock, what) in [
+        ("guest", "guest clock, since the kernel started"),
+        ("host", "host clock, since the VM started"),
+    ] {
+        let stages: Vec<String> = appliance
+            .timeline
+            .iter()
+            .filter(|s| s.clock == clock)
+            .map(|s| format!("{} {} ms", s.stage, s.at_ms))
+            .collect();
+        if !stages.is_empty() {
+            lines.push(format!("timeline ({what}): {}", stages.join(", ")));
+        }
+    }
+    lines.push(format!(
+        "guest stopped: {:?} after {} ms",
+        appliance.exit, appliance.elapsed_ms
+    ));
+    lines
+}
+
+/// The guest-kernel report in a few lines of text.
+fn guest_kernel_lines(booted: &GuestKernelReport) -> Vec<String> {
+    let mut lines = vec![format!(
+        "kernel {} ({} bytes, {}), initrd {}",
+        booted.kernel.path,
+        booted.kernel.bytes,
+        booted.kernel_chosen_because,
+        booted
+            .initrd
+            .as_ref()
+            .map_or("none".to_string(), |initrd| initrd.path.clone())
+    )];
+    lines.push(format!("command line: {}", booted.cmdline));
+    for mark in &booted.stages {
+        lines.push(format!(
+            "{:>8} ms  {}: {}",
+            mark.at_ms,
+            enum_name(&mark.stage),
+            mark.line
+        ));
+    }
+    if let Some(panic) = &booted.panic {
+        lines.push(format!("panic: {panic}"));
+    }
+    for finding in &booted.findings {
+        lines.push(format!("note: {finding}"));
+    }
+    lines.push(format!(
+        "furthest stage: {}; guest stopped: {:?} after {} ms",
+        booted
+            .furthest
+            .as_ref()
+            .map_or("none".to_string(), enum_name),
+        booted.exit,
+        booted.elapsed_ms
     ));
     lines
 }

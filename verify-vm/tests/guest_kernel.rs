@@ -23,7 +23,7 @@ use vdr_verify_vm::guest_kernel::{self, Error, GuestKernelOptions, Limits, Probl
 #[path = "guest_kernel/support.rs"]
 mod support;
 
-use support::{make_disk, missing, one_ext4, write_tree, Recording};
+use support::{make_disk, missing, one_ext4, qcow2_disk, write_tree, Recording};
 
 const ALERT_CONSOLE: &str =
     include_str!("../src/guest_kernel/testdata/debian-6.1-initramfs-alert.console");
@@ -472,10 +472,28 @@ fn oversized_kernel_is_refused_before_it_is_read() {
 
 // ---- Boots under qemu-system-x86_64 ----
 
-#[path = "guest_kernel/boot_image.rs"]
-mod boot_image;
+use vdr_fixtures::boot_image::{boot_kit, BootKit, InitramfsEntry, USERSPACE_MARKER};
+use vdr_verify_vm::appliance::cpio::CpioWriter;
 
-use boot_image::{boot_kit, bootable_image, USERSPACE_MARKER};
+/// The fixtures' bootable disk (grub.cfg naming `root_device`) as qcow2, its initramfs
+/// packed with vdr's own cpio writer.
+fn bootable_image(kit: &BootKit, dir: &Path, root_device: &str) -> Arc<dyn VirtualDisk> {
+    let mut cpio = CpioWriter::new();
+    for entry in kit.initramfs_entries().unwrap() {
+        match entry {
+            InitramfsEntry::Directory(path) => cpio.directory(path),
+            InitramfsEntry::File { path, mode, data } => cpio.file(&path, mode, &data),
+            InitramfsEntry::CharDevice { path, major, minor } => {
+                cpio.char_device(path, major, minor)
+            }
+        }
+        .unwrap();
+    }
+    let raw = kit
+        .bootable_disk(dir, root_device, &cpio.finish().unwrap())
+        .unwrap();
+    qcow2_disk(dir, &raw)
+}
 
 fn qemu_options() -> GuestKernelOptions {
     GuestKernelOptions {

@@ -88,20 +88,24 @@ pub fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
 pub fn make_disk(dir: &Path, disk: &LinuxDisk, qcow2: bool) -> Arc<dyn VirtualDisk> {
     let raw = dir.join("disk.raw");
     disk.build(&raw).unwrap();
-    let path = if qcow2 {
-        let out = dir.join("disk.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["convert", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        out
+    if qcow2 {
+        qcow2_disk(dir, &raw)
     } else {
-        raw
-    };
-    Arc::new(open_disk(&path, &OpenOptions::default()).unwrap())
+        Arc::new(open_disk(&raw, &OpenOptions::default()).unwrap())
+    }
+}
+
+/// `raw` converted to `dir/disk.qcow2` by qemu-img, opened with vdr.
+pub fn qcow2_disk(dir: &Path, raw: &Path) -> Arc<dyn VirtualDisk> {
+    let out = dir.join("disk.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Arc::new(open_disk(&out, &OpenOptions::default()).unwrap())
 }
 
 pub fn one_ext4(root: &Path) -> LinuxDisk {
