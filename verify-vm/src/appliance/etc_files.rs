@@ -127,6 +127,8 @@ enum Lookup<'a> {
     Partition(u32),
     /// Not a local block device.
     NotADevice,
+    /// A partition of another of the VM's disks ("/dev/sdb1"): not attached here.
+    OtherDisk,
     /// A block device the plan knows nothing of (LVM, md, dm).
     Unresolvable,
 }
@@ -152,11 +154,15 @@ fn lookup(spec: &str) -> Lookup<'_> {
     let Some(name) = spec.strip_prefix("/dev/") else {
         return Lookup::NotADevice;
     };
-    // sdXN, vdXN, hdXN, xvdXN: the disk letter is the image's own; the number is ours
+    // sdaN, vdaN, hdaN, xvdaN: the VM's first disk, which is the image (whatever the bus
+    // was); the number is the partition. Other letters are other disks of the VM.
     for prefix in ["xvd", "sd", "vd", "hd"] {
         if let Some(rest) = name.strip_prefix(prefix) {
             let digits = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
             if digits.len() < rest.len() && digits.chars().all(|c| c.is_ascii_digit()) {
+                if &rest[..rest.len() - digits.len()] != "a" {
+                    return Lookup::OtherDisk;
+                }
                 if digits.is_empty() {
                     return Lookup::Partition(0);
                 }
@@ -190,6 +196,7 @@ fn resolve(
             Ok(plan.iter().find(|e| e.device == device))
         }
         Lookup::NotADevice => Err("not a local block device"),
+        Lookup::OtherDisk => Err("on another disk of the VM, which is not attached here"),
         Lookup::Unresolvable => Err("a device the plan cannot resolve (LVM, md, dm?)"),
     };
     let (device, found, mut note) = match planned {
@@ -262,6 +269,7 @@ PARTUUID=part-vda1 /mnt/b ext4 defaults 0 0
 proc /proc proc defaults 0 0
 /dev/mapper/vg-lv /var ext4 defaults 0 2
 UUID=gone /opt ext4 nofail 0 2
+/dev/sdb1 /backup ext4 defaults 0 2
 ";
         let entries = parse_fstab(text, &plan, &seen(&["vda", "vda1"]));
         let found: Vec<_> = entries
@@ -279,10 +287,12 @@ UUID=gone /opt ext4 nofail 0 2
                 ("/proc", None),
                 ("/var", None),
                 ("/opt", Some(false)),
+                ("/backup", None),
             ]
         );
         assert_eq!(entries[0].device.as_deref(), Some("vda1"));
         assert!(entries[7].note.as_deref().unwrap().contains("nofail"));
+        assert!(entries[8].note.as_deref().unwrap().contains("another disk"));
     }
 
     #[test]

@@ -208,7 +208,12 @@ fn userspace_stage_of(line: &str, userspace_markers: &[String]) -> Option<Stage>
     if line.contains("Switching root") {
         return None;
     }
-    if line.contains("Welcome to ")
+    // kernel/reboot.c prints these only when a process called reboot(2) (a panic with
+    // panic=-1 restarts without a word): the image's userspace ran far enough to shut down
+    if line.contains("reboot: Power down")
+        || line.contains("reboot: Restarting system")
+        || line.contains("reboot: System halted")
+        || line.contains("Welcome to ")
         || line.contains("systemd[1]: ")
         || line.contains("INIT: version ")
         || line.contains("OpenRC ")

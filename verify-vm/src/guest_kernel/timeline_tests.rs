@@ -76,11 +76,41 @@ fn stage_lines_are_cleaned_and_timed() {
 }
 
 #[test]
-fn without_a_marker_a_switch_root_boot_stops_at_root_mounted() {
+fn without_a_marker_the_image_init_powering_off_shows_userspace() {
     let timeline = parse(&console(INITRAMFS_OK), &[]);
+
+    assert_eq!(timeline.furthest, Some(Stage::Userspace));
+    let last = timeline.stages.last().unwrap();
+    assert!(last.line.contains("reboot: Power down"), "{last:?}");
+    assert!(timeline.boot_ok());
+}
+
+#[test]
+fn without_a_marker_or_a_shutdown_a_switch_root_boot_stops_at_root_mounted() {
+    let text: String = INITRAMFS_OK
+        .lines()
+        .filter(|line| !line.contains("reboot: "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+
+    let timeline = parse(&console(&text), &[]);
 
     assert_eq!(timeline.furthest, Some(Stage::RootMounted));
     assert!(!timeline.boot_ok());
+}
+
+#[test]
+fn a_power_off_from_the_initramfs_is_not_the_image_userspace() {
+    let text: String = INITRAMFS_OK
+        .lines()
+        .take_while(|line| !line.contains("EXT4-fs ("))
+        .map(|line| format!("{line}\n"))
+        .chain(["[    2.2] reboot: Power down\n".to_string()])
+        .collect();
+
+    let timeline = parse(&console(&text), &[]);
+
+    assert_ne!(timeline.furthest, Some(Stage::Userspace));
 }
 
 #[test]
