@@ -23,7 +23,7 @@ use vdr_formats::VirtualDisk;
 
 use crate::backend::DiskAccess;
 use crate::virtio::chain::{read_from_guest, total_len, write_to_guest, RequestChain};
-use crate::virtio::overlay::Overlay;
+use crate::virtio::overlay::{Overlay, OverlayError};
 use crate::virtio::stats::{BlkStats, FailedRange};
 use crate::virtio::VirtioDevice;
 
@@ -86,8 +86,10 @@ pub struct VirtioBlk {
 }
 
 impl VirtioBlk {
-    /// A block device serving `disk` with `access`.
-    pub fn new(disk: Arc<dyn VirtualDisk>, access: BlkAccess) -> VirtioBlk {
+    /// A block device serving `disk` with `access` (a [`BlkAccess`], or a
+    /// [`DiskAccess`] which gets [`DEFAULT_OVERLAY_CAP_BYTES`]).
+    pub fn new(disk: Arc<dyn VirtualDisk>, access: impl Into<BlkAccess>) -> VirtioBlk {
+        let access = access.into();
         let capacity_sectors = disk.size() / SECTOR_SIZE;
         let backing = match access {
             BlkAccess::ReadOnly => Backing::ReadOnly(disk),
@@ -197,15 +199,20 @@ impl VirtioBlk {
             let result = match &self.backing {
                 Backing::ReadOnly(disk) => disk
                     .read_at(&mut self.buffer, at)
-                    .map_err(|e| e.to_string()),
-                Backing::Overlay(overlay) => overlay
-                    .read_at(&mut self.buffer, at)
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| (unreadable_span(&e), e.to_string())),
+                Backing::Overlay(overlay) => overlay.read_at(&mut self.buffer, at).map_err(|e| {
+                    let span = match &e {
+                        OverlayError::Disk { source, .. } => unreadable_span(source),
+                        _ => None,
+                    };
+                    (span, e.to_string())
+                }),
             };
-            if let Err(reason) = result {
+            if let Err((span, reason)) = result {
+                let (offset, len) = clip_span(span, at, n as u64);
                 self.stats.failed_range(FailedRange {
-                    offset: at,
-                    len: n as u64,
+                    offset,
+                    len,
                     op: "read",
                     reason,
                 });
@@ -256,6 +263,23 @@ impl VirtioBlk {
         self.stats.write_ok(len);
         VIRTIO_BLK_S_OK
     }
+}
+
+/// The virtual range a disk error names as unreadable, if it names one.
+fn unreadable_span(error: &vdr_formats::Error) -> Option<(u64, u64)> {
+    match error {
+        vdr_formats::Error::Unreadable { offset, len, .. } => Some((*offset, *len)),
+        _ => None,
+    }
+}
+
+/// The failed part of a read of `[at, at + len)`: `span` clipped to the read, or the whole
+/// read when the error named no range inside it.
+fn clip_span(span: Option<(u64, u64)>, at: u64, len: u64) -> (u64, u64) {
+    let end = at.saturating_add(len);
+    span.map(|(bad, bad_len)| (bad.max(at), bad.saturating_add(bad_len).min(end)))
+        .filter(|(from, to)| from < to)
+        .map_or((at, len), |(from, to)| (from, to - from))
 }
 
 /// GET_ID (§5.2.6): the ID, NUL-padded, into as much of the 20 bytes as the driver gave.

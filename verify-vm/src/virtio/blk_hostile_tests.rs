@@ -49,6 +49,20 @@ fn write_only_header_is_ioerr() {
 }
 
 #[test]
+fn header_shorter_than_16_bytes_is_ioerr() {
+    let mem = guest_memory();
+    let mut blk = VirtioBlk::new(disk(), BlkAccess::ReadOnly);
+    let descs = linked(
+        &[desc(HEADER_ADDR, 12, false), desc(STATUS_ADDR, 1, true)],
+        0,
+    );
+    let (status, used) = request(&mut blk, &mem, VIRTIO_BLK_T_IN, 0, &descs);
+    assert_eq!(status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(used, vec![(0, 1)]);
+    assert_eq!(blk.stats().snapshot().malformed, 1);
+}
+
+#[test]
 fn read_only_or_empty_status_descriptor_gets_no_status() {
     for status_desc in [desc(STATUS_ADDR, 1, false), desc(STATUS_ADDR, 0, true)] {
         let mem = guest_memory();

@@ -88,7 +88,12 @@ fn unreadable_disk_range_is_ioerr_and_recorded() {
     let stats = blk.stats().snapshot();
     assert_eq!((stats.reads, stats.io_errors), (0, 1));
     assert_eq!(stats.failed_ranges.len(), 1);
-    assert_eq!(stats.failed_ranges[0].offset, 4096);
+    // The range the disk named, not the whole request.
+    let failed = &stats.failed_ranges[0];
+    assert_eq!(
+        (failed.offset, failed.len, failed.op),
+        (0x2000, 0x1000, "read")
+    );
     assert!(stats.failed_ranges[0].reason.contains("unreadable"));
 }
 
@@ -326,4 +331,60 @@ fn empty_queue_needs_no_interrupt() {
     let (result, used) = serve(&mut blk, &mem, &[]);
     assert!(!result.unwrap());
     assert!(used.is_empty());
+}
+
+#[test]
+fn get_id_into_a_short_buffer_writes_what_fits() {
+    let mem = guest_memory();
+    let mut blk = VirtioBlk::new(disk(), BlkAccess::ReadOnly);
+    mem.write_slice(&[0xee; 8], GuestAddress(DATA_ADDR))
+        .unwrap();
+    let (status, used) = request(
+        &mut blk,
+        &mem,
+        VIRTIO_BLK_T_GET_ID,
+        0,
+        &request_chain(5, true),
+    );
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(used, vec![(0, 6)]);
+    assert_eq!(guest_bytes(&mem, DATA_ADDR, 8), b"vdr-e\xee\xee\xee");
+}
+
+#[test]
+fn trailing_partial_sector_is_not_exposed() {
+    let mem = guest_memory();
+    let mut blk = VirtioBlk::new(
+        Arc::new(MemDisk::new(pattern(4096 + 100))),
+        BlkAccess::ReadOnly,
+    );
+    let (status, _) = request(
+        &mut blk,
+        &mem,
+        VIRTIO_BLK_T_IN,
+        7,
+        &request_chain(512, true),
+    );
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    let (status, _) = request(
+        &mut blk,
+        &mem,
+        VIRTIO_BLK_T_IN,
+        8,
+        &request_chain(512, true),
+    );
+    assert_eq!(status, VIRTIO_BLK_S_IOERR as u8);
+}
+
+#[test]
+fn read_without_data_buffers_succeeds() {
+    let mem = guest_memory();
+    let mut blk = VirtioBlk::new(disk(), BlkAccess::ReadOnly);
+    let descs = linked(
+        &[desc(HEADER_ADDR, 16, false), desc(STATUS_ADDR, 1, true)],
+        0,
+    );
+    let (status, used) = request(&mut blk, &mem, VIRTIO_BLK_T_IN, 3, &descs);
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(used, vec![(0, 1)]);
 }

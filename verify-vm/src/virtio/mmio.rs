@@ -61,8 +61,13 @@ impl QueueSlot {
         })
     }
 
-    fn reset(&mut self) {
+    /// Stops the queue and forgets its ring positions; the latched registers stay.
+    fn disable(&mut self) {
         self.queue.reset();
+    }
+
+    fn reset(&mut self) {
+        self.disable();
         self.num = u32::from(self.queue.max_size());
         self.desc = 0;
         self.driver = 0;
@@ -143,6 +148,11 @@ impl<D: VirtioDevice, M: GuestMemory + Send> VirtioMmio<D, M> {
     /// The device status register as the driver last left it (plus NEEDS_RESET).
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// The features the driver accepted (meaningful once FEATURES_OK is set).
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
     }
 
     /// Interrupts that could not be delivered (the irq line returned an error).
@@ -330,10 +340,8 @@ impl<D: VirtioDevice, M: GuestMemory + Send> VirtioMmio<D, M> {
             return;
         };
         if value == 0 {
-            // Linux writes 0 when it tears a queue down; the queue forgets its position.
-            let (num, desc, driver, device) = (slot.num, slot.desc, slot.driver, slot.device);
-            slot.reset();
-            (slot.num, slot.desc, slot.driver, slot.device) = (num, desc, driver, device);
+            // Linux writes 0 when it tears a queue down (vm_del_vq).
+            slot.disable();
             return;
         }
         if !slot.queue.ready() && !slot.activate() {

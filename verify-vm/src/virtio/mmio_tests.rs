@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use proptest::prelude::*;
+
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_RO, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -397,4 +399,110 @@ fn queue_registers_are_locked_while_the_queue_is_ready() {
     queue_read(&rig, &mock);
     write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     assert_eq!(used_entries(&mock), vec![(0, 513)]);
+}
+
+#[test]
+fn driver_features_are_fixed_once_features_ok_is_set() {
+    let mut rig = rig(BlkAccess::ReadOnly);
+    let offered = device_features(&mut rig.dev);
+    negotiate(&mut rig.dev, offered);
+    write32(&mut rig.dev, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    write32(&mut rig.dev, VIRTIO_MMIO_DRIVER_FEATURES, 0);
+    assert_eq!(rig.dev.driver_features(), offered);
+}
+
+#[test]
+fn queue_ready_zero_stops_the_queue_and_restarts_its_rings() {
+    let mut rig = rig(BlkAccess::ReadOnly);
+    let mem = rig.mem.clone();
+    let mock = MockSplitQueue::new(&mem, TEST_QUEUE_SIZE);
+    bring_up(&mut rig, &mock);
+    queue_read(&rig, &mock);
+    write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    // Linux's vm_del_vq: QueueReady 0, read back 0; the queue is set up again later.
+    write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_READY, 0);
+    assert_eq!(read32(&mut rig.dev, VIRTIO_MMIO_QUEUE_READY), 0);
+    write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    let fresh = MockSplitQueue::create(&mem, GuestAddress(0x4000), TEST_QUEUE_SIZE);
+    let (d, a, u) = (
+        fresh.desc_table_addr().0,
+        fresh.avail_addr().0,
+        fresh.used_addr().0,
+    );
+    set_queue(&mut rig.dev, u32::from(TEST_QUEUE_SIZE), d, a, u);
+    fresh.add_desc_chains(&request_chain(512, true), 0).unwrap();
+    write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    assert_eq!(used_entries(&fresh), vec![(0, 513)]);
+}
+
+struct BrokenIrq;
+
+impl crate::devices::IrqLine for BrokenIrq {
+    fn trigger(&self) -> std::io::Result<()> {
+        Err(std::io::Error::other("irqfd closed"))
+    }
+}
+
+#[test]
+fn undeliverable_interrupts_are_counted_and_the_request_still_completes() {
+    let mem = guest_memory();
+    let disk = Arc::new(MemDisk::new(pattern(DISK_SIZE)));
+    let dev = VirtioMmio::new(
+        VirtioBlk::new(disk, BlkAccess::ReadOnly),
+        mem.clone(),
+        Arc::new(BrokenIrq),
+    );
+    let (irq, _) = counting_irq();
+    let mut rig = Rig {
+        mem: mem.clone(),
+        disk: Arc::new(MemDisk::new(Vec::new())),
+        irq,
+        dev,
+    };
+    let mock = MockSplitQueue::new(&mem, TEST_QUEUE_SIZE);
+    bring_up(&mut rig, &mock);
+    queue_read(&rig, &mock);
+    write32(&mut rig.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    assert_eq!(used_entries(&mock), vec![(0, 513)]);
+    assert_eq!(rig.dev.irq_failures(), 1);
+    assert_eq!(
+        read32(&mut rig.dev, VIRTIO_MMIO_INTERRUPT_STATUS),
+        VIRTIO_MMIO_INT_VRING
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Random register traffic (any offset, width and value, notifications included) after
+    /// a normal bring-up never panics, and the device never reports itself as another.
+    #[test]
+    fn random_register_traffic_never_panics(
+        ops in proptest::collection::vec(
+            (
+                prop_oneof![0u64..0x200, Just(0x50u64), Just(0x70), Just(0x44), any::<u64>()],
+                prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
+                any::<u64>(),
+                any::<bool>(),
+            ),
+            1..64,
+        ),
+    ) {
+        let mut rig = rig(BlkAccess::Overlay { cap_bytes: 1 << 16 });
+        let mem = rig.mem.clone();
+        let mock = MockSplitQueue::new(&mem, TEST_QUEUE_SIZE);
+        bring_up(&mut rig, &mock);
+        queue_read(&rig, &mock);
+        for (offset, width, value, is_write) in ops {
+            let bytes = value.to_le_bytes();
+            if is_write {
+                rig.dev.write(offset, &bytes[..width]);
+            } else {
+                let mut data = vec![0u8; width];
+                rig.dev.read(offset, &mut data);
+            }
+        }
+        prop_assert_eq!(read32(&mut rig.dev, VIRTIO_MMIO_DEVICE_ID), 2);
+        prop_assert_eq!(read32(&mut rig.dev, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+    }
 }

@@ -11,6 +11,17 @@
 //! length and index read from guest memory is checked, nothing panics, and no allocation
 //! is sized by the guest beyond the limits the device advertises.
 //!
+//! Attaching a disk to the VM (stats stay readable after the VM is gone):
+//!
+//! ```text
+//! let irq = vm.irq_line(layout::VIRTIO_IRQ_BASE)?;
+//! let dev = VirtioMmio::new(VirtioBlk::new(spec.disk.clone(), spec.access), vm.memory().clone(), irq);
+//! let stats: Arc<BlkStats> = dev.device().stats();
+//! vm.add_mmio_device(layout::VIRTIO_MMIO_BASE, layout::MMIO_DEVICE_SIZE, Box::new(dev))?;
+//! // ... run ...
+//! let report = stats.snapshot();
+//! ```
+//!
 //! Not for: PCI transport, packed rings, EVENT_IDX, multiqueue, or writing to the evidence.
 
 mod blk;

@@ -84,40 +84,42 @@ impl Overlay {
     /// Fills `buf` from `offset`: written blocks from the overlay, the rest from the disk in
     /// as few disk reads as the written blocks allow.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), OverlayError> {
-        let end = self.check_range(offset, buf.len() as u64)?;
+        self.check_range(offset, buf.len() as u64)?;
+        let mut rest = buf;
         let mut pos = offset;
-        while pos < end {
+        while !rest.is_empty() {
             let index = pos / OVERLAY_BLOCK_SIZE;
-            let in_block = pos % OVERLAY_BLOCK_SIZE;
-            // `pos - offset` < buf.len(), so these conversions and slices stay in range.
-            let at = usize::try_from(pos - offset).unwrap_or(usize::MAX);
-            if let Some(block) = self.blocks.get(&index) {
-                let n = (OVERLAY_BLOCK_SIZE - in_block).min(end - pos);
-                let (from, to) = (in_block as usize, (in_block + n) as usize);
-                let dst = buf.get_mut(at..at + n as usize);
-                let src = block.get(from..to);
-                if let (Some(dst), Some(src)) = (dst, src) {
-                    dst.copy_from_slice(src);
+            let in_block = (pos % OVERLAY_BLOCK_SIZE) as usize;
+            let n = match self.blocks.get(&index) {
+                Some(block) => {
+                    let src = block.get(in_block..).unwrap_or_default();
+                    let n = src.len().min(rest.len());
+                    copy_prefix(rest, src, n);
+                    n
                 }
-                pos += n;
-                continue;
-            }
-            // Unwritten run: up to the next written block or the end of the request.
-            let run_end = match self.blocks.range(index..).next() {
-                Some((&next, _)) => next.saturating_mul(OVERLAY_BLOCK_SIZE).min(end),
-                None => end,
+                None => {
+                    // Unwritten run: up to the next written block or the end of `buf`.
+                    let run = self
+                        .blocks
+                        .range(index..)
+                        .next()
+                        .map_or(u64::MAX, |(&next, _)| {
+                            next.saturating_mul(OVERLAY_BLOCK_SIZE) - pos
+                        });
+                    let n = usize::try_from(run).map_or(rest.len(), |run| run.min(rest.len()));
+                    let dst = rest.get_mut(..n).unwrap_or_default();
+                    self.disk
+                        .read_at(dst, pos)
+                        .map_err(|source| OverlayError::Disk {
+                            offset: pos,
+                            len: n as u64,
+                            source,
+                        })?;
+                    n
+                }
             };
-            let n = run_end - pos;
-            if let Some(dst) = buf.get_mut(at..at + n as usize) {
-                self.disk
-                    .read_at(dst, pos)
-                    .map_err(|source| OverlayError::Disk {
-                        offset: pos,
-                        len: n,
-                        source,
-                    })?;
-            }
-            pos = run_end;
+            rest = rest.get_mut(n..).unwrap_or_default();
+            pos += n as u64;
         }
         Ok(())
     }
@@ -154,7 +156,7 @@ impl Overlay {
         for index in first..=last {
             let block_start = index * OVERLAY_BLOCK_SIZE;
             let from = offset.max(block_start);
-            let to = end.min(block_start + OVERLAY_BLOCK_SIZE);
+            let to = end.min(block_start.saturating_add(OVERLAY_BLOCK_SIZE));
             let src = data.get((from - offset) as usize..(to - offset) as usize);
             let dst = self.blocks.get_mut(&index).and_then(|b| {
                 b.get_mut((from - block_start) as usize..(to - block_start) as usize)
@@ -171,7 +173,9 @@ impl Overlay {
     fn initial_block(&self, index: u64, offset: u64, end: u64) -> Result<Box<[u8]>, OverlayError> {
         let mut block = vec![0u8; OVERLAY_BLOCK_SIZE as usize].into_boxed_slice();
         let block_start = index * OVERLAY_BLOCK_SIZE;
-        let disk_end = self.size().min(block_start + OVERLAY_BLOCK_SIZE);
+        let disk_end = self
+            .size()
+            .min(block_start.saturating_add(OVERLAY_BLOCK_SIZE));
         let covered = offset <= block_start && end >= disk_end;
         if !covered {
             let n = disk_end - block_start;
@@ -186,6 +190,13 @@ impl Overlay {
             }
         }
         Ok(block)
+    }
+}
+
+/// Copies the first `n` bytes of `src` to `dst` (both hold at least `n`).
+fn copy_prefix(dst: &mut [u8], src: &[u8], n: usize) {
+    if let (Some(dst), Some(src)) = (dst.get_mut(..n), src.get(..n)) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -275,5 +286,38 @@ mod tests {
         let overlay = Overlay::new(Arc::new(disk), 1 << 20);
         let mut buf = vec![0u8; 4 * 4096];
         assert!(overlay.read_at(&mut buf, 0).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any sequence of writes reads back like the same writes applied to a copy of
+        /// the disk, and the disk itself never changes.
+        #[test]
+        fn writes_read_back_like_a_plain_copy(
+            writes in proptest::collection::vec(
+                (0u64..5 * 4096, 0usize..9000, proptest::prelude::any::<u8>()),
+                1..12,
+            ),
+        ) {
+            let bytes = patterned(5 * 4096 - 300);
+            let disk = Arc::new(MemDisk::new(bytes.clone()));
+            let mut overlay = Overlay::new(disk.clone(), 1 << 20);
+            let mut model = bytes.clone();
+            for (offset, len, seed) in writes {
+                let data: Vec<u8> = (0..len).map(|i| seed ^ (i as u8)).collect();
+                let fits = offset as usize + data.len() <= model.len();
+                let result = overlay.write_at(&data, offset);
+                proptest::prop_assert_eq!(result.is_ok(), fits);
+                if fits {
+                    model[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+                }
+            }
+            let mut buf = vec![0u8; model.len()];
+            overlay.read_at(&mut buf, 0).unwrap();
+            proptest::prop_assert_eq!(&buf, &model);
+            let mut odd = vec![0u8; 5000];
+            overlay.read_at(&mut odd, 1234).unwrap();
+            proptest::prop_assert_eq!(&odd[..], &model[1234..6234]);
+            proptest::prop_assert_eq!(disk.bytes(), &bytes[..]);
+        }
     }
 }
