@@ -110,7 +110,7 @@ impl LinuxBackend for KvmBackend {
         let irq = vm
             .irq_line(DISK_SLOT.irq)
             .map_err(|e| setup("wiring the disk's interrupt", &e))?;
-        let blk = VirtioBlk::new(spec.disk.clone(), spec.access.into());
+        let blk = VirtioBlk::new(spec.disk.clone(), spec.access);
         let transport = VirtioMmio::new(blk, vm.memory().clone(), irq);
         vm.add_mmio_device(DISK_SLOT.base, DISK_SLOT.size, Box::new(transport))
             .map_err(|e| setup("attaching the virtio-blk disk", &e))?;
