@@ -128,6 +128,9 @@ impl LinuxBackend for KvmBackend {
         let entry = boot::prepare_linux(vm.memory(), &image, &machine)
             .map_err(|e| setup("preparing the Linux boot", &e))?;
 
+        if let Some(stop_when) = spec.stop_when.clone() {
+            vm.set_stop_when(stop_when);
+        }
         let run_started = Instant::now();
         if let Some(echo) = self.echo.clone() {
             vm.set_console_echo(Box::new(move |text: &str| {

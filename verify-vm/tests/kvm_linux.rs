@@ -118,6 +118,7 @@ fn spec(kernel: Vec<u8>, initrd: Option<Vec<u8>>, timeout: Duration) -> BootSpec
         timeout,
         disk: small_disk(),
         access: DiskAccess::ReadOnly,
+        stop_when: None,
     }
 }
 
