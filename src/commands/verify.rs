@@ -106,6 +106,7 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
                 kernel: args.kernel.clone(),
                 timeout: Duration::from_secs(args.timeout.unwrap_or(300)),
                 memory_mib: args.memory,
+                vcpus: args.vcpus,
                 access,
                 ..ApplianceOptions::default()
             };
@@ -126,6 +127,7 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
             let options = GuestKernelOptions {
                 timeout: Duration::from_secs(args.timeout.unwrap_or(120)),
                 memory_mib: args.memory,
+                vcpus: args.vcpus,
                 ..GuestKernelOptions::default()
             };
             let booted =
