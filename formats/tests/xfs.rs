@@ -312,6 +312,7 @@ fn small_blocks_large_directory_blocks_and_no_ftype_read_like_the_source_tree() 
         &["-b", "size=1024"],
         &["-m", "crc=0", "-n", "ftype=0"],
         &["-n", "size=16384"],
+        &["-i", "nrext64=1"],
     ];
     for (i, options) in configs.iter().enumerate() {
         let image = mkfs(dir.path(), &format!("c{i}.img"), Some(&root), options);
@@ -322,6 +323,24 @@ fn small_blocks_large_directory_blocks_and_no_ftype_read_like_the_source_tree() 
         println!("{options:?}: {:?}", xfs.superblock());
         fs::remove_file(image).unwrap();
     }
+}
+
+/// Sets the `trusted.vdr` attribute of `path` (stored in the inode when it is small).
+fn set_xattr(path: &Path, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: both strings are NUL-terminated and live across the call; `value` is valid
+    // for `value.len()` bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"trusted.vdr".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", io::Error::last_os_error());
 }
 
 /// A loop mount of `image` at `dir/mnt`, unmounted on drop (also when a test fails).
@@ -394,6 +413,13 @@ fn fragmented_sparse_and_btree_mapped_files_read_with_holes_as_zeros() {
             }
         }
         std::os::unix::fs::symlink(long_target(), mnt.0.join("long")).unwrap();
+        // Extended attributes (SELinux labels on RHEL) put an attribute fork in the inode
+        // and shrink the data fork (di_forkoff).
+        fs::create_dir(mnt.0.join("xattr-dir")).unwrap();
+        fs::write(mnt.0.join("xattr-dir/file"), b"labelled").unwrap();
+        for path in ["xattr-dir", "xattr-dir/file"] {
+            set_xattr(&mnt.0.join(path), &[b'x'; 150]);
+        }
         // Preallocated, mostly unwritten space reads as zeros.
         let status = Command::new("xfs_io")
             .args(["-f", "-c", "falloc 0 1m", "-c", "pwrite -S 0x5a 0 4k"])
@@ -423,6 +449,13 @@ fn fragmented_sparse_and_btree_mapped_files_read_with_holes_as_zeros() {
     want[..4096].fill(0x5a);
     assert!(xfs.extents(&unwritten).unwrap().iter().any(|e| e.unwritten));
     assert!(xfs.read_file(&unwritten, u64::MAX).unwrap() == want);
+    let labelled = xfs.lookup("/xattr-dir").unwrap();
+    assert_eq!(labelled.fork_format(), ForkFormat::Local);
+    let listing = xfs.read_dir(&labelled).unwrap();
+    assert_eq!(listing.len(), 1);
+    assert_eq!(listing[0].name, b"file");
+    let file = xfs.inode(listing[0].inode).unwrap();
+    assert_eq!(xfs.read_file(&file, 100).unwrap(), b"labelled");
     let long = xfs.lookup_nofollow("/long").unwrap();
     assert_eq!(long.fork_format(), ForkFormat::Extents);
     assert_eq!(xfs.read_link(&long).unwrap(), long_target().as_bytes());

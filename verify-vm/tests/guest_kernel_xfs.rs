@@ -234,3 +234,99 @@ fn xfs_without_a_kernel_is_named_as_searched_in_the_error() {
         "{err}"
     );
 }
+
+// ---- A boot under qemu-system-x86_64 ----
+
+use std::time::Duration;
+
+use vdr_fixtures::boot_image::{boot_kit, InitramfsEntry, USERSPACE_MARKER};
+use vdr_verify_vm::appliance::cpio::CpioWriter;
+use vdr_verify_vm::guest_kernel::{GuestKernelOptions, Stage};
+
+/// The Debian cloud kernel and the fixtures' initramfs on an XFS /boot partition (the
+/// kernel needs no XFS to boot: only its ext4 root on partition 2 is mounted).
+#[test]
+fn kernel_on_an_xfs_boot_partition_boots_to_its_own_init_under_qemu() {
+    let kit = match boot_kit() {
+        Ok(kit) => kit,
+        Err(skip) => return println!("{skip}"),
+    };
+    if let Some(skip) = missing(&["mkfs.xfs"]) {
+        return println!("{skip}");
+    }
+    let backend = match vdr_verify_vm::qemu::QemuBackend::new() {
+        Ok(backend) => backend,
+        Err(err) => return println!("SKIP: {err}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cpio = CpioWriter::new();
+    for entry in kit.initramfs_entries().unwrap() {
+        match entry {
+            InitramfsEntry::Directory(path) => cpio.directory(path),
+            InitramfsEntry::File { path, mode, data } => cpio.file(&path, mode, &data),
+            InitramfsEntry::CharDevice { path, major, minor } => {
+                cpio.char_device(path, major, minor)
+            }
+        }
+        .unwrap();
+    }
+    // The fixtures' root tree (dir/root, with /boot in it); its /boot moves to partition 1.
+    kit.bootable_disk(dir.path(), "/dev/vda2", &cpio.finish().unwrap())
+        .unwrap();
+    let root = dir.path().join("root");
+    let boot = dir.path().join("boot");
+    fs::rename(root.join("boot"), &boot).unwrap();
+    fs::create_dir(root.join("boot")).unwrap();
+    let v = &kit.version;
+    fs::write(
+        boot.join("grub/grub.cfg"),
+        format!(
+            "menuentry 'vdr test' {{\n\tlinux\t/vmlinuz-{v} root=/dev/vda2 ro quiet\n\
+             \tinitrd\t/initrd.img-{v}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let layout = LinuxDisk {
+        scheme: Scheme::Gpt,
+        partitions: vec![
+            Partition {
+                size_mib: 48,
+                filesystem: Filesystem::None,
+            },
+            Partition {
+                size_mib: 48,
+                filesystem: Filesystem::Ext4 {
+                    label: "root".into(),
+                    root: Some(root),
+                },
+            },
+        ],
+    };
+    let raw = dir.path().join("xfs-boot.raw");
+    layout.build(&raw).unwrap();
+    let xfs = mkfs_xfs(dir.path(), "boot.xfs", &boot, 48);
+    let file = fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    file.write_all_at(&xfs, 1 << 20).unwrap();
+    drop(file);
+    let disk: Arc<dyn VirtualDisk> = Arc::new(open_disk(&raw, &OpenOptions::default()).unwrap());
+    let options = GuestKernelOptions {
+        timeout: Duration::from_secs(120),
+        memory_mib: 256,
+        userspace_markers: vec![USERSPACE_MARKER.to_string()],
+        ..Default::default()
+    };
+
+    let report = guest_kernel::run(disk, &backend, &options).unwrap();
+
+    for mark in &report.stages {
+        println!("{:>7} ms  {:?}", mark.at_ms, mark.stage);
+    }
+    assert_eq!(report.kernel.partition, Some(1));
+    assert_eq!(report.kernel.path, format!("/vmlinuz-{v}"));
+    assert_eq!(
+        report.image_cmdline_source,
+        "the first linux line of /grub/grub.cfg on partition 1"
+    );
+    assert!(report.boot_ok, "{:#?}", report.console_tail);
+    assert_eq!(report.furthest, Some(Stage::Userspace));
+}
