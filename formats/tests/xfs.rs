@@ -137,7 +137,12 @@ fn open_file(image: &Path) -> Xfs {
 }
 
 fn open_bytes(bytes: Vec<u8>) -> Result<Xfs, Error> {
-    let bytes = Arc::new(bytes);
+    open_patched(Arc::new(bytes), Vec::new())
+}
+
+/// `bytes` with the byte changes `patches` (offset, value) applied on read, so a damage
+/// loop need not copy the whole image per round.
+fn open_patched(bytes: Arc<Vec<u8>>, patches: Vec<(u64, u8)>) -> Result<Xfs, Error> {
     Xfs::open(move |offset: u64, buf: &mut [u8]| {
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
         let src = start
@@ -145,6 +150,15 @@ fn open_bytes(bytes: Vec<u8>) -> Result<Xfs, Error> {
             .and_then(|end| bytes.get(start..end))
             .ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(src);
+        for &(at, value) in &patches {
+            if let Some(b) = at
+                .checked_sub(offset)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| buf.get_mut(i))
+            {
+                *b = value;
+            }
+        }
         Ok(())
     })
 }

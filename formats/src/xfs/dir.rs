@@ -352,3 +352,77 @@ pub fn read_link(xfs: &Xfs, inode: &Inode) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v5 superblock (4 KiB blocks, 512-byte inodes, one 1024-block AG, ftype) over an
+    /// all-zero 4 MiB volume.
+    fn xfs() -> Xfs {
+        let mut sb = vec![0u8; 4 << 20];
+        let mut put = |at: usize, bytes: &[u8]| sb[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, b"XFSB");
+        put(4, &4096u32.to_be_bytes());
+        put(8, &1024u64.to_be_bytes());
+        put(56, &128u64.to_be_bytes());
+        put(84, &1024u32.to_be_bytes());
+        put(88, &1u32.to_be_bytes());
+        put(100, &0xb4a5u16.to_be_bytes());
+        put(102, &512u16.to_be_bytes());
+        put(104, &512u16.to_be_bytes());
+        put(106, &8u16.to_be_bytes());
+        put(120, &[12, 9, 9, 3, 10]);
+        put(216, &1u32.to_be_bytes());
+        Xfs::open(move |offset: u64, buf: &mut [u8]| {
+            let at = offset as usize;
+            buf.copy_from_slice(&sb[at..at + buf.len()]);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    fn dir_inode(fork: Vec<u8>) -> Inode {
+        Inode {
+            ino: 128,
+            mode: 0o040_755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: fork.len() as u64,
+            offset: 0,
+            format: ForkFormat::Local,
+            nextents: 0,
+            fork,
+        }
+    }
+
+    #[test]
+    fn shortform_with_8_byte_inode_numbers_is_read() {
+        // count 2, i8count 2, parent (8 bytes), then namelen, offset, name, ftype, inumber.
+        let mut fork = vec![2, 2, 0, 0, 0, 0, 0, 0, 0, 128];
+        fork.extend_from_slice(&[1, 0, 0x60, b'a', 1]);
+        fork.extend_from_slice(&0x1_0000_0083u64.to_be_bytes());
+        fork.extend_from_slice(&[2, 0, 0x70, b'b', b'c', 2]);
+        fork.extend_from_slice(&0x2_0000_0084u64.to_be_bytes());
+
+        let entries = read_dir(&xfs(), &dir_inode(fork)).unwrap();
+
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].name, b"a");
+        assert_eq!(entries[0].inode, 0x1_0000_0083);
+        assert_eq!(entries[0].kind, FileKind::File);
+        assert_eq!(entries[1].name, b"bc");
+        assert_eq!(entries[1].inode, 0x2_0000_0084);
+        assert_eq!(entries[1].kind, FileKind::Dir);
+    }
+
+    #[test]
+    fn shortform_count_past_the_fork_is_an_error() {
+        let fork = vec![9, 0, 0, 0, 0, 128, 1, 0, 0x60, b'a', 1, 0, 0, 0, 131];
+
+        let err = read_dir(&xfs(), &dir_inode(fork)).unwrap_err();
+
+        assert!(err.to_string().contains("entry 1 of 9"), "{err}");
+    }
+}

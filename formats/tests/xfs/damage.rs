@@ -156,20 +156,21 @@ fn random_metadata_damage_never_panics() {
             v
         })
         .collect();
+        let bytes = Arc::new(bytes);
         for round in 0..300u64 {
-            let mut damaged = bytes.clone();
             let r = noise(round, 64);
-            for k in 0..8 {
-                let base = hot[usize::from(r[k]) % hot.len()];
-                let off = u64::from(u16::from_le_bytes([r[8 + 2 * k], r[9 + 2 * k]])) % 4096;
-                if let Some(b) = damaged.get_mut((base + off) as usize) {
-                    *b = r[32 + k];
-                }
-            }
+            let mut patches: Vec<(u64, u8)> = (0..8)
+                .map(|k| {
+                    let base = hot[usize::from(r[k]) % hot.len()];
+                    let off = u64::from(u16::from_le_bytes([r[8 + 2 * k], r[9 + 2 * k]])) % 4096;
+                    (base + off, r[32 + k])
+                })
+                .collect();
             if round % 10 == 0 {
-                damaged[usize::from(r[40]) % 264] ^= r[41];
+                let at = usize::from(r[40]) % 264;
+                patches.push((at as u64, bytes[at] ^ r[41]));
             }
-            if let Ok(xfs) = open_bytes(damaged) {
+            if let Ok(xfs) = open_patched(Arc::clone(&bytes), patches) {
                 walk_everything(&xfs);
             }
         }
