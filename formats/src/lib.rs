@@ -21,6 +21,7 @@ pub mod source;
 pub mod vmdk;
 pub mod vmfs;
 pub mod write;
+pub mod xfs;
 
 pub use chain::{Chain, FileParentResolver, ParentResolver, DEFAULT_MAX_DEPTH};
 pub use detect::{detect_format, Format};

@@ -9,7 +9,7 @@
 
 use super::cmdline::first_grub_linux;
 use super::version::{compare_versions, kernel_version};
-use super::volumes::Ext4Volume;
+use super::volumes::FsVolume;
 
 /// Where grub.cfg lives: on the root fs, or at the top of a separate /boot.
 const GRUB_CFG_PATHS: &[&str] = &[
@@ -40,11 +40,11 @@ pub struct BootEntry {
 }
 
 /// The image's default boot entry, if its configuration names one.
-pub fn find_boot_entry(volumes: &[Ext4Volume]) -> Option<BootEntry> {
+pub fn find_boot_entry(volumes: &[FsVolume]) -> Option<BootEntry> {
     find_grub(volumes).or_else(|| find_bls(volumes))
 }
 
-fn find_grub(volumes: &[Ext4Volume]) -> Option<BootEntry> {
+fn find_grub(volumes: &[FsVolume]) -> Option<BootEntry> {
     volumes.iter().enumerate().find_map(|(fs, ext4)| {
         GRUB_CFG_PATHS.iter().find_map(|path| {
             let linux = first_grub_linux(&read_config(ext4, path)?)?;
@@ -58,17 +58,15 @@ fn find_grub(volumes: &[Ext4Volume]) -> Option<BootEntry> {
     })
 }
 
-fn find_bls(volumes: &[Ext4Volume]) -> Option<BootEntry> {
+fn find_bls(volumes: &[FsVolume]) -> Option<BootEntry> {
     let mut best: Option<(BlsEntry, BootEntry)> = None;
     for (fs, ext4) in volumes.iter().enumerate() {
         for dir in BLS_DIRS {
-            let Ok(entries) = ext4.fs.read_dir(*dir) else {
+            let Ok(entries) = ext4.fs.read_dir(dir, MAX_BLS_ENTRIES) else {
                 continue;
             };
-            for entry in entries.take(MAX_BLS_ENTRIES).flatten() {
-                let Ok(name) = entry.file_name().as_str().map(str::to_string) else {
-                    continue;
-                };
+            for entry in entries {
+                let name = entry.name;
                 if !name.ends_with(".conf") {
                     continue;
                 }
@@ -96,17 +94,17 @@ fn find_bls(volumes: &[Ext4Volume]) -> Option<BootEntry> {
 }
 
 /// A file's text, if it exists and is small enough.
-fn read_config(ext4: &Ext4Volume, path: &str) -> Option<String> {
-    let len = ext4.fs.metadata(path).ok()?.len();
+fn read_config(ext4: &FsVolume, path: &str) -> Option<String> {
+    let len = ext4.fs.file_len(path).ok()??;
     if len > MAX_CONFIG_BYTES {
         return None;
     }
-    let bytes = ext4.fs.read(path).ok()?;
+    let bytes = ext4.fs.read(path, MAX_CONFIG_BYTES).ok()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `$kernelopts` replaced by grubenv's `kernelopts=` value, when there is one.
-fn substitute_kernelopts(options: &str, ext4: &Ext4Volume) -> String {
+fn substitute_kernelopts(options: &str, ext4: &FsVolume) -> String {
     if !options.contains("$kernelopts") {
         return options.to_string();
     }

@@ -1,19 +1,18 @@
 //! Finds the image's kernel, initrd and command line in its file systems.
 //!
 //! Kernels are `vmlinuz-<ver>` files in `/boot` of the root file system or in `/` of a
-//! separate boot partition (both places are searched on every ext2/3/4 volume). Which one
+//! separate boot partition (both places are searched on every ext2/3/4 and XFS volume). Which one
 //! boots, in order of authority: the kernel named by the image's default boot entry
 //! ([`super::boot_entry`]: grub.cfg's first `linux` line, else the newest BLS entry), the
 //! version the root's `/vmlinuz` (or `/boot/vmlinuz`) symlink points at (Debian's
 //! linux-update-symlinks keeps it on the newest install), else the newest version. The initrd is the matching `initrd.img-<ver>`/`initramfs-<ver>.img`
 //! beside the kernel.
 
-use ext4_view::{Ext4, Ext4Error};
 use serde::Serialize;
 
 use super::boot_entry::{find_boot_entry, BootEntry};
 use super::version::{compare_versions, initrd_names, kernel_version};
-use super::volumes::{Ext4Volume, Volume, Volumes};
+use super::volumes::{Fs, FsVolume, Volume, Volumes};
 use super::Error;
 
 /// Directories searched for kernels.
@@ -69,27 +68,30 @@ struct Candidate {
 /// Searches `volumes` for a kernel and reads it, its initrd and the command line.
 pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
     let mut notes = Vec::new();
-    let candidates = kernel_candidates(&volumes.ext4, &mut notes);
-    let entry = find_boot_entry(&volumes.ext4);
-    let (chosen, chosen_because) =
-        choose(&candidates, entry.as_ref(), &volumes.ext4).ok_or_else(|| Error::NoKernel {
+    let candidates = kernel_candidates(&volumes.searched, &mut notes);
+    let entry = find_boot_entry(&volumes.searched);
+    let (chosen, chosen_because) = choose(&candidates, entry.as_ref(), &volumes.searched)
+        .ok_or_else(|| Error::NoKernel {
             looked_at: volumes.looked_at.clone(),
         })?;
-    let ext4 = volumes.ext4.get(chosen.fs).ok_or_else(|| Error::NoKernel {
-        looked_at: volumes.looked_at.clone(),
-    })?;
+    let vol = volumes
+        .searched
+        .get(chosen.fs)
+        .ok_or_else(|| Error::NoKernel {
+            looked_at: volumes.looked_at.clone(),
+        })?;
     let kernel = BootFile {
-        partition: ext4.volume.partition,
+        partition: vol.volume.partition,
         path: chosen.path.clone(),
         version: chosen.version.clone(),
         bytes: chosen.len,
     };
-    let kernel_image = read_capped(ext4, &kernel.path, "kernel", limits.max_kernel_bytes)?;
+    let kernel_image = read_capped(vol, &kernel.path, "kernel", limits.max_kernel_bytes)?;
 
-    let initrd = find_initrd(ext4, &chosen.path, &chosen.version);
+    let initrd = find_initrd(vol, &chosen.path, &chosen.version);
     let initrd_image = match &initrd {
         Some(file) => Some(read_capped(
-            ext4,
+            vol,
             &file.path,
             "initrd",
             limits.max_initrd_bytes,
@@ -97,7 +99,7 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
         None => {
             notes.push(format!(
                 "no initrd for {} beside {} on {}",
-                chosen.version, chosen.path, ext4.volume
+                chosen.version, chosen.path, vol.volume
             ));
             None
         }
@@ -108,7 +110,7 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
             entry.args.clone(),
             format!("{} on {}", entry.source, volume_of(volumes, entry.fs)),
         ),
-        None => fallback_cmdline(&volumes.ext4, initrd.is_some(), &mut notes),
+        None => fallback_cmdline(&volumes.searched, initrd.is_some(), &mut notes),
     };
     Ok(Found {
         kernel,
@@ -124,49 +126,40 @@ pub fn find_kernel(volumes: &Volumes, limits: Limits) -> Result<Found, Error> {
 
 fn volume_of(volumes: &Volumes, fs: usize) -> String {
     volumes
-        .ext4
+        .searched
         .get(fs)
         .map_or_else(|| "?".to_string(), |v| v.volume.to_string())
 }
 
 /// Every `vmlinuz-<ver>` regular file in the kernel directories.
-fn kernel_candidates(volumes: &[Ext4Volume], notes: &mut Vec<String>) -> Vec<Candidate> {
+fn kernel_candidates(volumes: &[FsVolume], notes: &mut Vec<String>) -> Vec<Candidate> {
     let mut out = Vec::new();
-    for (fs, ext4) in volumes.iter().enumerate() {
+    for (fs, volume) in volumes.iter().enumerate() {
         for dir in KERNEL_DIRS {
-            let entries = match ext4.fs.read_dir(*dir) {
+            let entries = match volume.fs.read_dir(dir, MAX_DIR_ENTRIES) {
                 Ok(entries) => entries,
-                Err(Ext4Error::NotFound | Ext4Error::NotADirectory) => continue,
+                Err(err) if err.is_not_found() => continue,
                 Err(err) => {
-                    notes.push(format!("{dir} on {}: {err}", ext4.volume));
+                    notes.push(format!("{dir} on {}: {err}", volume.volume));
                     continue;
                 }
             };
-            for entry in entries.take(MAX_DIR_ENTRIES) {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(err) => {
-                        notes.push(format!("{dir} on {}: {err}", ext4.volume));
-                        break;
-                    }
-                };
-                let Ok(name) = entry.file_name().as_str().map(str::to_string) else {
+            for entry in entries {
+                let Some(version) = kernel_version(&entry.name) else {
                     continue;
                 };
-                let Some(version) = kernel_version(&name) else {
-                    continue;
-                };
-                if !entry.file_type().is_ok_and(|t| t.is_regular_file()) {
+                if !entry.is_file {
                     continue;
                 }
-                let Ok(metadata) = entry.metadata() else {
+                let path = join(dir, &entry.name);
+                let Ok(Some(len)) = volume.fs.file_len(&path) else {
                     continue;
                 };
                 out.push(Candidate {
                     fs,
-                    path: join(dir, &name),
+                    path,
                     version: version.to_string(),
-                    len: metadata.len(),
+                    len,
                 });
             }
         }
@@ -186,7 +179,7 @@ fn join(dir: &str, name: &str) -> String {
 fn choose<'c>(
     candidates: &'c [Candidate],
     entry: Option<&BootEntry>,
-    volumes: &[Ext4Volume],
+    volumes: &[FsVolume],
 ) -> Option<(&'c Candidate, String)> {
     if let Some(entry) = entry {
         let named = entry
@@ -202,19 +195,16 @@ fn choose<'c>(
             return Some((c, format!("named by {} on {on}", entry.source)));
         }
     }
-    for ext4 in volumes {
+    for vol in volumes {
         for link in KERNEL_SYMLINKS {
-            let Ok(target) = ext4.fs.read_link(*link) else {
-                continue;
-            };
-            let Ok(target) = target.to_str() else {
+            let Some(target) = vol.fs.read_link(link) else {
                 continue;
             };
             let named = target.rsplit('/').next().and_then(kernel_version);
             if let Some(c) = named.and_then(|v| candidates.iter().find(|c| c.version == v)) {
                 return Some((
                     c,
-                    format!("the {link} symlink on {} points at it", ext4.volume),
+                    format!("the {link} symlink on {} points at it", vol.volume),
                 ));
             }
         }
@@ -233,52 +223,47 @@ fn choose<'c>(
 }
 
 /// The initrd beside `kernel_path` for `version`.
-fn find_initrd(ext4: &Ext4Volume, kernel_path: &str, version: &str) -> Option<BootFile> {
+fn find_initrd(vol: &FsVolume, kernel_path: &str, version: &str) -> Option<BootFile> {
     let dir = kernel_path
         .rsplit_once('/')
         .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
     initrd_names(version).iter().find_map(|name| {
         let path = join(dir, name);
-        let metadata = ext4.fs.metadata(path.as_str()).ok()?;
-        metadata.file_type().is_regular_file().then(|| BootFile {
-            partition: ext4.volume.partition,
+        let len = vol.fs.file_len(&path).ok()??;
+        Some(BootFile {
+            partition: vol.volume.partition,
             path,
             version: version.to_string(),
-            bytes: metadata.len(),
+            bytes: len,
         })
     })
 }
 
 /// Reads a whole file after checking its size against `cap`.
-fn read_capped(
-    ext4: &Ext4Volume,
-    path: &str,
-    what: &'static str,
-    cap: u64,
-) -> Result<Vec<u8>, Error> {
+fn read_capped(vol: &FsVolume, path: &str, what: &'static str, cap: u64) -> Result<Vec<u8>, Error> {
     let read_error = |source| Error::Read {
         path: path.to_string(),
-        volume: ext4.volume.to_string(),
+        volume: vol.volume.to_string(),
         source,
     };
-    let len = ext4.fs.metadata(path).map_err(read_error)?.len();
+    let len = vol.fs.file_len(path).map_err(read_error)?.unwrap_or(0);
     if len > cap {
         return Err(Error::TooLarge {
             what,
             path: path.to_string(),
-            volume: ext4.volume.to_string(),
+            volume: vol.volume.to_string(),
             len,
             cap,
         });
     }
-    ext4.fs.read(path).map_err(read_error)
+    vol.fs.read(path, cap).map_err(read_error)
 }
 
 /// The command line when no boot entry names one: the root file system by UUID (an initramfs
 /// resolves it with udev/blkid) or, without an initramfs, by device name, since the kernel
 /// alone cannot resolve `UUID=` (init/do_mounts.c knows only PARTUUID= and names).
 fn fallback_cmdline(
-    volumes: &[Ext4Volume],
+    volumes: &[FsVolume],
     has_initrd: bool,
     notes: &mut Vec<String>,
 ) -> (String, String) {
@@ -315,8 +300,6 @@ fn fallback_cmdline(
     }
 }
 
-fn is_root(fs: &Ext4) -> bool {
-    ROOT_MARKERS
-        .iter()
-        .any(|path| fs.symlink_metadata(*path).is_ok())
+fn is_root(fs: &Fs) -> bool {
+    ROOT_MARKERS.iter().any(|path| fs.exists(path))
 }

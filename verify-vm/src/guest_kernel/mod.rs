@@ -7,8 +7,9 @@
 //! command line, the [`timeline`] stages seen with their times, and the failures the
 //! console shows (a panic, a missing root device, an initramfs shell).
 //!
-//! Not for: images whose /boot is XFS or Btrfs (vdr has no reader for them; the error says
-//! so), or LVM and LUKS volumes (not opened; the "looked at" list names them).
+//! Kernels are searched on ext2/3/4 (ext4-view) and XFS ([`vdr_formats::xfs`]) volumes.
+//! Not for: images whose /boot is Btrfs (vdr has no reader for it; the error says so), or
+//! LVM and LUKS volumes (not opened; the "looked at" list names them).
 
 mod boot_entry;
 mod cmdline;
@@ -32,6 +33,7 @@ pub use cmdline::{boot_cmdline, first_grub_linux, BootCmdline, GrubLinux, MAX_CM
 pub use locate::{BootFile, Limits};
 pub use reader::{PartitionReader, ReadError};
 pub use timeline::{Problem, ProblemKind, Stage, StageMark, Timeline};
+pub use volumes::FsError;
 
 /// How a guest-kernel boot is run.
 #[derive(Clone, Debug)]
@@ -103,7 +105,7 @@ pub enum Error {
     #[error("reading the partition table: {0}")]
     PartitionTable(#[source] vdr_formats::Error),
     #[error(
-        "no Linux kernel found in /boot of any ext2/3/4 partition (looked at: {})",
+        "no Linux kernel found in /boot of any ext2/3/4 or XFS partition (looked at: {})",
         if looked_at.is_empty() { "nothing".to_string() } else { looked_at.join("; ") }
     )]
     NoKernel { looked_at: Vec<String> },
@@ -119,7 +121,7 @@ pub enum Error {
     Read {
         path: String,
         volume: String,
-        source: ext4_view::Ext4Error,
+        source: FsError,
     },
     #[error("the boot command line is {len} bytes; the kernel takes at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
