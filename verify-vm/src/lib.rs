@@ -38,5 +38,6 @@ pub mod kvm_linux;
 pub mod layout;
 pub mod probe;
 pub mod qemu;
+pub mod superblock;
 pub mod virtio;
 pub mod vmm;

@@ -21,6 +21,7 @@ use vdr_formats::VirtualDisk;
 
 use super::reader::PartitionReader;
 use super::Error;
+use crate::superblock::{probe, PROBE_BYTES};
 
 /// Where a file system lies on the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,9 +250,11 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
             }
             Err(err) => err,
         };
-        let what = match sniff(disk.as_ref(), volume) {
-            Some(Kind::Ext) => format!("ext2/3/4 that ext4-view cannot open ({ext4_err})"),
-            Some(Kind::Xfs) => match Xfs::open(xfs_reader(disk, volume)) {
+        let what = match probed_fs(disk.as_ref(), volume).as_deref() {
+            Some("ext2" | "ext3" | "ext4") => {
+                format!("ext2/3/4 that ext4-view cannot open ({ext4_err})")
+            }
+            Some("xfs") => match Xfs::open(xfs_reader(disk, volume)) {
                 Ok(fs) => {
                     out.looked_at.push(format!("{volume}: XFS"));
                     out.searched.push(FsVolume {
@@ -262,7 +265,7 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
                 }
                 Err(err) => format!("XFS that vdr cannot open ({err})"),
             },
-            Some(other) => other.description().to_string(),
+            Some(other) => not_searched(other),
             None => "no file system vdr recognises".to_string(),
         };
         out.looked_at.push(format!("{volume}: {what}"));
@@ -270,56 +273,25 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
     Ok(out)
 }
 
-/// What a volume holds, by magic number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Ext,
-    Xfs,
-    Btrfs,
-    Lvm,
-    Luks,
-    Swap,
-    Fat,
+/// What a volume holds, by [`crate::superblock::probe`]; read errors mean "unknown".
+fn probed_fs(disk: &dyn VirtualDisk, volume: Volume) -> Option<String> {
+    let len = usize::try_from(volume.len.min(PROBE_BYTES)).ok()?;
+    let mut head = vec![0u8; len];
+    disk.read_at(&mut head, volume.start).ok()?;
+    probe(&head).map(|found| found.fs.to_string())
 }
 
-impl Kind {
-    fn description(self) -> &'static str {
-        match self {
-            Kind::Ext => "ext2/3/4",
-            Kind::Xfs => "XFS",
-            Kind::Btrfs => "Btrfs (vdr has no Btrfs reader; a /boot on it cannot be searched)",
-            Kind::Lvm => {
-                "LVM physical volume (vdr does not open LVM; its volumes are not searched)"
-            }
-            Kind::Luks => "LUKS-encrypted (not searched)",
-            Kind::Swap => "swap",
-            Kind::Fat => "FAT (not searched)",
+/// Why a volume of a file system vdr does not read is not searched.
+fn not_searched(fs: &str) -> String {
+    match fs {
+        "btrfs" => "Btrfs (vdr has no Btrfs reader; a /boot on it cannot be searched)".into(),
+        "LVM2_member" => {
+            "LVM physical volume (vdr does not open LVM; its volumes are not searched)".into()
         }
+        "crypto_LUKS" => "LUKS-encrypted (not searched)".into(),
+        "swap" => "swap".into(),
+        "vfat" => "FAT (not searched)".into(),
+        "ntfs" => "NTFS (not searched)".into(),
+        other => format!("{other} (not searched)"),
     }
-}
-
-/// Magic numbers, at their offsets in the volume: ext2/3/4 s_magic 0xEF53 (superblock at
-/// 1024, field at 0x38), XFS sb_magicnum, Btrfs at 64 KiB + 0x40, the LVM2 label in sector
-/// 1, LUKS, Linux swap's signature at the end of the first 4 KiB page, FAT's BPB file
-/// system type (FAT12/16 at 0x36, FAT32 at 0x52).
-const MAGICS: &[(u64, &[u8], Kind)] = &[
-    (1024 + 0x38, &[0x53, 0xEF], Kind::Ext),
-    (0, b"XFSB", Kind::Xfs),
-    (0x1_0040, b"_BHRfS_M", Kind::Btrfs),
-    (512, b"LABELONE", Kind::Lvm),
-    (0, b"LUKS\xba\xbe", Kind::Luks),
-    (4096 - 10, b"SWAPSPACE2", Kind::Swap),
-    (0x36, b"FAT", Kind::Fat),
-    (0x52, b"FAT32", Kind::Fat),
-];
-
-/// Recognises a volume by magic; read errors mean "unknown".
-fn sniff(disk: &dyn VirtualDisk, volume: Volume) -> Option<Kind> {
-    MAGICS.iter().find_map(|&(offset, magic, kind)| {
-        let mut buf = [0u8; 16];
-        let buf = buf.get_mut(..magic.len())?;
-        let end = offset.checked_add(magic.len() as u64)?;
-        let at = volume.start.checked_add(offset)?;
-        (end <= volume.len && disk.read_at(buf, at).is_ok() && buf == magic).then_some(kind)
-    })
 }
