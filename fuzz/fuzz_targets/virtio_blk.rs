@@ -33,15 +33,15 @@
 
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[path = "vm_common.rs"]
+mod vm_common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vdr_formats::disk::{DiskInfo, Extent, ExtentKind};
-use vdr_formats::{Error, VirtualDisk};
-use vdr_verify_vm::devices::{IrqLine, MmioDevice};
+use vdr_formats::VirtualDisk;
+use vdr_verify_vm::devices::MmioDevice;
 use vdr_verify_vm::virtio::{
     BlkAccess, VirtioBlk, VirtioDevice, VirtioMmio, BLK_ID, MAX_FAILED_RANGES,
 };
@@ -53,14 +53,16 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::{
-    VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
-    VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW,
-    VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM, VIRTIO_MMIO_QUEUE_READY,
-    VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW,
-    VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK,
+    VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH,
+    VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH,
+    VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use vm_common::{FuzzDisk, Line};
 
 /// Guest memory size; the rings sit at 0, request slots from `BUFS` on.
 const MEM_SIZE: u64 = 0x1_0000;
@@ -79,128 +81,6 @@ const MAX_OPS: usize = 256;
 /// failed-range list.
 const HEAP_LIMIT: usize = 4 << 20;
 const OVERLAY_CAPS: [u64; 4] = [0, 4096, 8192, 1 << 20];
-
-/// Counts live heap bytes and their peak, so a run can assert bounded memory.
-struct CountingAlloc;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed).saturating_add(n);
-    PEAK.fetch_max(live, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded to the system allocator with the caller's arguments; the
-// counters are only bookkeeping and never change what is returned.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by this allocator (hence by `System`) with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` was allocated by `System` with `layout`; the caller upholds the rest.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            grew(new_size);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-/// An in-memory disk whose read_at fails on one range, as a damaged qcow2 cluster does in
-/// salvage mode. Reads outside the disk are recorded: the device must never issue one.
-struct FuzzDisk {
-    bytes: Vec<u8>,
-    unreadable: Option<(u64, u64)>,
-    out_of_range: AtomicBool,
-}
-
-impl VirtualDisk for FuzzDisk {
-    fn size(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>, Error> {
-        Ok(vec![Extent {
-            offset,
-            len,
-            kind: ExtentKind::Zero,
-            depth: 0,
-        }])
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-        let len = buf.len() as u64;
-        let range = offset
-            .checked_add(len)
-            .filter(|&end| end <= self.size())
-            .and_then(|end| self.bytes.get(offset as usize..end as usize));
-        let Some(src) = range else {
-            self.out_of_range.store(true, Ordering::Relaxed);
-            return Err(Error::OutOfRange {
-                file: "fuzzdisk".into(),
-                offset,
-                len,
-                size: self.size(),
-            });
-        };
-        if let Some((bad, bad_len)) = self.unreadable {
-            if offset < bad + bad_len && bad < offset + len {
-                return Err(Error::Unreadable {
-                    file: "fuzzdisk".into(),
-                    offset: bad,
-                    len: bad_len,
-                    reason: "fuzz damage".into(),
-                });
-            }
-        }
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn info(&self) -> DiskInfo {
-        DiskInfo {
-            format: "raw".into(),
-            file: "fuzzdisk".into(),
-            virtual_size: self.size(),
-            ..DiskInfo::default()
-        }
-    }
-}
-
-/// An interrupt line that always delivers (the KVM backend's irqfd in a healthy VM).
-struct Line;
-
-impl IrqLine for Line {
-    fn trigger(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Reads the op stream; every getter returns None once it is exhausted.
 struct Cursor<'a>(&'a [u8]);
@@ -295,9 +175,21 @@ impl Rig {
         self.write32(VIRTIO_MMIO_QUEUE_NUM, u32::from(size));
         let r = self.ring;
         for (low, high, addr) in [
-            (VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH, r.desc),
-            (VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, r.avail),
-            (VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_QUEUE_USED_HIGH, r.used),
+            (
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                VIRTIO_MMIO_QUEUE_DESC_HIGH,
+                r.desc,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+                r.avail,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_USED_LOW,
+                VIRTIO_MMIO_QUEUE_USED_HIGH,
+                r.used,
+            ),
         ] {
             self.write32(low, addr as u32);
             self.write32(high, (addr >> 32) as u32);
@@ -369,7 +261,13 @@ impl Rig {
         let (table, first, count) = if indirect {
             let table = slot + 0xc00;
             let len = 16 * chain.len() as u32;
-            self.write_desc(r.desc + 16 * u64::from(head), table, len, VRING_DESC_F_INDIRECT, 0);
+            self.write_desc(
+                r.desc + 16 * u64::from(head),
+                table,
+                len,
+                VRING_DESC_F_INDIRECT,
+                0,
+            );
             (table, 0u16, u16::MAX)
         } else {
             (r.desc, head, r.size)
@@ -378,7 +276,11 @@ impl Rig {
             let index = (first + i as u16) % count;
             let next = (index + 1) % count;
             let last = i + 1 == chain.len();
-            let flags = if last { flags } else { flags | VRING_DESC_F_NEXT };
+            let flags = if last {
+                flags
+            } else {
+                flags | VRING_DESC_F_NEXT
+            };
             self.write_desc(table + 16 * u64::from(index), addr, len, flags, next);
         }
         let mut header = [0u8; 16];
@@ -393,7 +295,15 @@ impl Rig {
         let used_before: u16 = self.mem.read_obj(GuestAddress(r.used + 2)).unwrap_or(0);
         self.write32(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         if trusted {
-            self.check_answer(head, used_before, request_type, sector, data, data_len, status);
+            self.check_answer(
+                head,
+                used_before,
+                request_type,
+                sector,
+                data,
+                data_len,
+                status,
+            );
         }
     }
 
@@ -432,10 +342,12 @@ impl Rig {
         }
         match request_type {
             VIRTIO_BLK_T_IN if self.read_only => {
-                let from = sector.checked_mul(SECTOR).expect("OK for a sector past u64");
+                let from = sector
+                    .checked_mul(SECTOR)
+                    .expect("OK for a sector past u64");
                 let to = from + u64::from(data_len);
                 assert!(to <= self.disk.size(), "OK for a read past the disk");
-                if let Some((bad, bad_len)) = self.disk.unreadable {
+                if let Some((bad, bad_len)) = self.disk.unreadable.filter(|_| from < to) {
                     assert!(
                         to <= bad || bad + bad_len <= from,
                         "read {from:#x}..{to:#x} over the unreadable {bad:#x}+{bad_len:#x} \
@@ -463,7 +375,11 @@ impl Rig {
         );
         let stats = self.dev.device().stats().snapshot();
         if self.read_only {
-            assert_eq!((stats.writes, stats.bytes_written), (0, 0), "read-only wrote");
+            assert_eq!(
+                (stats.writes, stats.bytes_written),
+                (0, 0),
+                "read-only wrote"
+            );
             assert_ne!(self.dev.device().features() & (1 << VIRTIO_BLK_F_RO), 0);
         }
         assert!(stats.failed_ranges.len() <= MAX_FAILED_RANGES);
@@ -471,7 +387,7 @@ impl Rig {
         for range in &stats.failed_ranges {
             let end = range.offset.checked_add(range.len);
             assert!(end.is_some_and(|end| end <= disk_size), "{range:?}");
-            if range.op == "read" && self.read_only {
+            if range.op == "read" {
                 let (bad, bad_len) = self.disk.unreadable.expect("a read failed on a sound disk");
                 assert!(range.offset >= bad && range.offset + range.len <= bad + bad_len);
             }
@@ -479,17 +395,33 @@ impl Rig {
         assert!(stats.bytes_read <= stats.reads.saturating_mul(disk_size));
         let status = self.dev.status();
         if status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            assert_ne!(status & VIRTIO_CONFIG_S_FEATURES_OK, 0, "DRIVER_OK without FEATURES_OK");
+            assert_ne!(
+                status & VIRTIO_CONFIG_S_FEATURES_OK,
+                0,
+                "DRIVER_OK without FEATURES_OK"
+            );
         }
         if status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             let features = self.dev.driver_features();
-            assert_eq!(features & !self.dev.device().features(), 0, "unoffered feature");
+            assert_eq!(
+                features & !self.dev.device().features(),
+                0,
+                "unoffered feature"
+            );
             assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0, "no VERSION_1");
         }
         if needs_reset_before && !was_reset {
-            assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0, "NEEDS_RESET vanished");
+            assert_ne!(
+                status & VIRTIO_CONFIG_S_NEEDS_RESET,
+                0,
+                "NEEDS_RESET vanished"
+            );
         }
-        assert_eq!(self.dev.irq_failures(), 0, "an interrupt did not reach the line");
+        assert_eq!(
+            self.dev.irq_failures(),
+            0,
+            "an interrupt did not reach the line"
+        );
     }
 }
 
@@ -603,7 +535,11 @@ fn run(data: &[u8]) {
     };
     let mem = guest_memory(flags & 0x10 != 0);
     // 256-byte pieces never straddle the hole, so everything outside it is written.
-    for (i, piece) in image.chunks(256).take((MEM_SIZE / 256) as usize).enumerate() {
+    for (i, piece) in image
+        .chunks(256)
+        .take((MEM_SIZE / 256) as usize)
+        .enumerate()
+    {
         let _ = mem.write_slice(piece, GuestAddress(256 * i as u64));
     }
     let blk = VirtioBlk::new(disk.clone(), access);
@@ -627,10 +563,4 @@ fn run(data: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    run(data);
-    let grown = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    assert!(grown <= HEAP_LIMIT, "one run grew the heap by {grown} bytes");
-});
+fuzz_target!(|data: &[u8]| vm_common::bounded_heap(HEAP_LIMIT, || run(data)));
