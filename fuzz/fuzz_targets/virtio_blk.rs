@@ -69,7 +69,7 @@ const MEM_SIZE: u64 = 0x1_0000;
 /// The optional hole in guest memory (bit 4 of the flags).
 const HOLE: (u64, u64) = (0xc000, 0xd000);
 /// Request slots of the request macro: header at +0, status at +0x10, data at +0x200,
-/// indirect table at +0xc00.
+/// indirect table at +0x100.
 const BUFS: u64 = 0x2000;
 const SLOT: u64 = 0x1000;
 const SECTOR: u64 = 512;
@@ -145,6 +145,23 @@ struct Rig {
     /// The macro's ring is the device's queue 0: initialised by the macro and no raw
     /// register write since.
     trusted: bool,
+    /// The disk as the guest should read it (the overlay's writes applied), while every
+    /// successful write was a macro request whose data is known.
+    model: Option<Vec<u8>>,
+    /// Successful writes the model has seen.
+    model_writes: u64,
+}
+
+/// What the request macro wrote for one request.
+struct Built {
+    head: u16,
+    request_type: u32,
+    sector: u64,
+    data: u64,
+    data_len: u32,
+    status: u64,
+    /// Every (address, bytes) the macro wrote that the device reads: descriptors, header.
+    written: Vec<(u64, Vec<u8>)>,
 }
 
 impl Rig {
@@ -216,13 +233,21 @@ impl Rig {
         Some(idx)
     }
 
-    fn write_desc(&self, at: u64, addr: u64, len: u32, flags: u32, next: u16) {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&(flags as u16).to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        let _ = self.mem.write_slice(&d, GuestAddress(at));
+    /// Writes `bytes` at `addr` and remembers them in `built`, so the answer is only
+    /// judged when the device saw exactly this request.
+    fn put(&self, built: &mut Built, addr: u64, bytes: &[u8]) {
+        let _ = self.mem.write_slice(bytes, GuestAddress(addr));
+        built.written.push((addr, bytes.to_vec()));
+    }
+
+    fn put_desc(&self, built: &mut Built, at: u64, d: (u64, u32, u32, u16)) {
+        let (addr, len, flags, next) = d;
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&(flags as u16).to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        self.put(built, at, &raw);
     }
 
     /// A well-formed request: header, data (unless empty), status; published and notified.
@@ -238,123 +263,137 @@ impl Rig {
             u32::MAX,
         ];
         let [a, b, c, d] = p;
-        let request_type = TYPES[usize::from(a & 7)];
-        let indirect = a & 8 != 0;
-        let sector = if b & 0x80 == 0 {
-            u64::from(b & 0xf)
-        } else {
-            u64::MAX - u64::from(b & 0xf)
-        };
-        let data_len = u32::from(c & 7) * SECTOR as u32 + u32::from(c >> 3 & 1) * u32::from(b >> 4);
         let r = self.ring;
-        let head = u16::from(d) % r.size;
         let slots = (MEM_SIZE - BUFS) / SLOT;
         let slot = BUFS + SLOT * (u64::from(d >> 4) % slots);
-        let (hdr, status, data) = (slot, slot + 0x10, slot + 0x200);
-        let device_writes = request_type != VIRTIO_BLK_T_OUT;
-        let mut chain = vec![(hdr, 16, 0)];
-        if data_len > 0 {
+        let mut built = Built {
+            head: u16::from(d) % r.size,
+            request_type: TYPES[usize::from(a & 7)],
+            sector: if b & 0x80 == 0 {
+                u64::from(b & 0xf)
+            } else {
+                u64::MAX - u64::from(b & 0xf)
+            },
+            data: slot + 0x200,
+            data_len: u32::from(c & 7) * SECTOR as u32 + u32::from(c >> 3 & 1) * u32::from(b >> 4),
+            status: slot + 0x10,
+            written: Vec::new(),
+        };
+        let device_writes = built.request_type != VIRTIO_BLK_T_OUT;
+        let mut chain = vec![(slot, 16, 0)];
+        if built.data_len > 0 {
             let flags = if device_writes { VRING_DESC_F_WRITE } else { 0 };
-            chain.push((data, data_len, flags));
+            chain.push((built.data, built.data_len, flags));
         }
-        chain.push((status, 1, VRING_DESC_F_WRITE));
-        let (table, first, count) = if indirect {
-            let table = slot + 0xc00;
+        chain.push((built.status, 1, VRING_DESC_F_WRITE));
+        let (table, first, count) = if a & 8 != 0 {
+            let table = slot + 0x100;
             let len = 16 * chain.len() as u32;
-            self.write_desc(
-                r.desc + 16 * u64::from(head),
-                table,
-                len,
-                VRING_DESC_F_INDIRECT,
-                0,
-            );
+            let head_at = r.desc + 16 * u64::from(built.head);
+            self.put_desc(&mut built, head_at, (table, len, VRING_DESC_F_INDIRECT, 0));
             (table, 0u16, u16::MAX)
         } else {
-            (r.desc, head, r.size)
+            (r.desc, built.head, r.size)
         };
         for (i, &(addr, len, flags)) in chain.iter().enumerate() {
             let index = (first + i as u16) % count;
             let next = (index + 1) % count;
-            let last = i + 1 == chain.len();
-            let flags = if last {
+            let flags = if i + 1 == chain.len() {
                 flags
             } else {
                 flags | VRING_DESC_F_NEXT
             };
-            self.write_desc(table + 16 * u64::from(index), addr, len, flags, next);
+            let at = table + 16 * u64::from(index);
+            self.put_desc(&mut built, at, (addr, len, flags, next));
         }
         let mut header = [0u8; 16];
-        header[0..4].copy_from_slice(&request_type.to_le_bytes());
-        header[8..16].copy_from_slice(&sector.to_le_bytes());
-        let _ = self.mem.write_slice(&header, GuestAddress(hdr));
-        let _ = self.mem.write_obj(0xffu8, GuestAddress(status));
+        header[0..4].copy_from_slice(&built.request_type.to_le_bytes());
+        header[8..16].copy_from_slice(&built.sector.to_le_bytes());
+        self.put(&mut built, slot, &header);
+        let _ = self.mem.write_obj(0xffu8, GuestAddress(built.status));
         let trusted = self.trusted;
-        if self.publish(head).is_none() {
+        if self.publish(built.head).is_none() {
             return;
         }
         let used_before: u16 = self.mem.read_obj(GuestAddress(r.used + 2)).unwrap_or(0);
+        let writes_before = self.dev.device().stats().snapshot().writes;
         self.write32(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-        if trusted {
-            self.check_answer(
-                head,
-                used_before,
-                request_type,
-                sector,
-                data,
-                data_len,
-                status,
-            );
+        if trusted && self.answered(&built, used_before) {
+            self.check_answer(&built, writes_before);
         }
     }
 
-    /// The answer to the macro's request, when it is the last chain the device used.
-    #[allow(clippy::too_many_arguments)]
-    fn check_answer(
-        &self,
-        head: u16,
-        used_before: u16,
-        request_type: u32,
-        sector: u64,
-        data: u64,
-        data_len: u32,
-        status_addr: u64,
-    ) {
+    /// Whether the last chain the device used is `built` as the macro wrote it, answered
+    /// OK: the used ring names its head, nothing overwrote its descriptors or header
+    /// before the device read them (another chain served first may write anywhere), and
+    /// the status byte says OK. Chains after it would have been used after it.
+    fn answered(&self, built: &Built, used_before: u16) -> bool {
         let r = self.ring;
         let Ok(used_after) = self.mem.read_obj::<u16>(GuestAddress(r.used + 2)) else {
-            return;
+            return false;
         };
-        if used_after == used_before {
-            return;
-        }
         let last = r.used + 4 + 8 * u64::from(used_after.wrapping_sub(1) % r.size);
-        let Ok(id) = self.mem.read_obj::<u32>(GuestAddress(last)) else {
-            return;
-        };
-        let Ok(status) = self.mem.read_obj::<u8>(GuestAddress(status_addr)) else {
-            return;
-        };
-        if id != u32::from(head) || status != 0 {
+        let id = self.mem.read_obj::<u32>(GuestAddress(last));
+        let status = self.mem.read_obj::<u8>(GuestAddress(built.status));
+        let intact = built.written.iter().all(|(addr, bytes)| {
+            let mut now = vec![0u8; bytes.len()];
+            self.mem.read_slice(&mut now, GuestAddress(*addr)).is_ok() && now == *bytes
+        });
+        used_after != used_before
+            && id.is_ok_and(|id| id == u32::from(built.head))
+            && status.is_ok_and(|s| s == 0)
+            && intact
+    }
+
+    /// Judges an OK answer to the macro's request against the model of the disk.
+    fn check_answer(&mut self, built: &Built, writes_before: u64) {
+        let mut got = vec![0u8; built.data_len as usize];
+        if self
+            .mem
+            .read_slice(&mut got, GuestAddress(built.data))
+            .is_err()
+        {
             return;
         }
-        let mut got = vec![0u8; data_len as usize];
-        if self.mem.read_slice(&mut got, GuestAddress(data)).is_err() {
-            return;
-        }
-        match request_type {
-            VIRTIO_BLK_T_IN if self.read_only => {
-                let from = sector
-                    .checked_mul(SECTOR)
-                    .expect("OK for a sector past u64");
-                let to = from + u64::from(data_len);
-                assert!(to <= self.disk.size(), "OK for a read past the disk");
-                if let Some((bad, bad_len)) = self.disk.unreadable.filter(|_| from < to) {
+        let range = || {
+            let from = built.sector.checked_mul(SECTOR).expect("OK past u64");
+            let to = from + u64::from(built.data_len);
+            assert!(
+                to <= self.disk.size(),
+                "OK for {from:#x}..{to:#x} past the disk"
+            );
+            (from, to)
+        };
+        match built.request_type {
+            VIRTIO_BLK_T_IN => {
+                let (from, to) = range();
+                if let Some((bad, bad_len)) = self.disk.unreadable.filter(|_| self.read_only) {
                     assert!(
-                        to <= bad || bad + bad_len <= from,
+                        from == to || to <= bad || bad + bad_len <= from,
                         "read {from:#x}..{to:#x} over the unreadable {bad:#x}+{bad_len:#x} \
                          answered OK"
                     );
                 }
-                assert_eq!(got, &self.pristine[from as usize..to as usize], "read data");
+                if let Some(model) = &self.model {
+                    assert!(
+                        got == model[from as usize..to as usize],
+                        "read {from:#x}..{to:#x} returned other bytes than the disk holds"
+                    );
+                }
+            }
+            VIRTIO_BLK_T_OUT => {
+                assert!(!self.read_only, "a read-only device answered a write OK");
+                let (from, to) = range();
+                let writes = self.dev.device().stats().snapshot().writes;
+                // The request read its data from the buffer as it is now: nothing was
+                // served after it. Other writes in the same notification are not modelled.
+                match &mut self.model {
+                    Some(model) if writes == writes_before + 1 => {
+                        model[from as usize..to as usize].copy_from_slice(&got);
+                        self.model_writes = writes;
+                    }
+                    _ => self.model = None,
+                }
             }
             VIRTIO_BLK_T_GET_ID => {
                 let mut id = [0u8; 20];
@@ -367,7 +406,7 @@ impl Rig {
     }
 
     /// The invariants that hold after any access.
-    fn check(&self, needs_reset_before: bool, was_reset: bool) {
+    fn check(&mut self, needs_reset_before: bool, was_reset: bool) {
         assert_eq!(self.disk.bytes, self.pristine, "the disk changed");
         assert!(
             !self.disk.out_of_range.load(Ordering::Relaxed),
@@ -393,6 +432,10 @@ impl Rig {
             }
         }
         assert!(stats.bytes_read <= stats.reads.saturating_mul(disk_size));
+        // A write the macro did not model (a raw chain's) makes the model unknown.
+        if stats.writes != self.model_writes {
+            self.model = None;
+        }
         let status = self.dev.status();
         if status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             assert_ne!(
@@ -548,6 +591,8 @@ fn run(data: &[u8]) {
         dev,
         mem,
         disk,
+        model: Some(bytes.clone()),
+        model_writes: 0,
         pristine: bytes,
         read_only,
         ring: Ring::new(16),
