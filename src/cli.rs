@@ -41,6 +41,9 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a `vdr mount` (also one left dead by a killed process).
     Umount(UmountArgs),
+    /// Boot-test a disk in a microVM (read-only, writes to an in-memory overlay) and report
+    /// what the guest saw.
+    Verify(VerifyArgs),
 }
 
 /// Options shared by the commands that open one image.
@@ -322,6 +325,60 @@ pub struct UmountArgs {
     /// Detach it even while busy; it goes away when the last user closes it.
     #[arg(long)]
     pub lazy: bool,
+}
+
+/// `vdr verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The image or chain (qcow2, vmdk, raw, any mix), or DATASTORE::/path.
+    pub source: PathBuf,
+    /// probe: vdr's own small guest reads the disk through virtio-blk (partitions,
+    /// filesystems, sample checksums compared with the host's reads); appliance: a Linux
+    /// kernel with vdr's initramfs mounts and fsck-checks every filesystem; guest-kernel:
+    /// boots the image's own kernel and initrd from its /boot.
+    #[arg(long, value_enum, default_value_t = VerifyMode::Probe)]
+    pub mode: VerifyMode,
+    /// Where Linux guests run: vdr's KVM microVM (needs VMX/SVM) or qemu-system-x86_64
+    /// under TCG (slower, works anywhere). Probe mode always uses KVM.
+    #[arg(long, value_enum, default_value_t = VerifyBackend::Kvm)]
+    pub backend: VerifyBackend,
+    /// Stop the guest after this many seconds (default: 10 for probe, 120 otherwise).
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<u64>,
+    /// The kernel for appliance mode (default: the newest /boot/vmlinuz-*, else the one
+    /// scripts/guest-kernel unpacked).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Guest memory.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub memory: u32,
+    /// Let the guest write (to an in-memory overlay that is dropped afterwards) instead of
+    /// presenting a read-only disk. guest-kernel mode always uses the overlay.
+    #[arg(long)]
+    pub overlay: bool,
+    /// Print the guest's serial console on stderr while it runs.
+    #[arg(long)]
+    pub console: bool,
+    /// Print the documented JSON report instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub open: OpenArgs,
+}
+
+/// `vdr verify --mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyMode {
+    Probe,
+    Appliance,
+    GuestKernel,
+}
+
+/// `vdr verify --backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyBackend {
+    Kvm,
+    Qemu,
 }
 
 /// Reports a usage error of `subcommand` the way clap does (message, usage line) and

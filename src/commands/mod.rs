@@ -11,6 +11,7 @@ mod ls;
 mod map;
 mod mount;
 mod serve;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub fn run(command: Command) -> Result<Status> {
         Command::Serve(args) => serve::run(&args),
         Command::Mount(args) => mount::run(&args),
         Command::Umount(args) => mount::run_umount(&args),
+        Command::Verify(args) => verify::run(&args),
     }
 }
 

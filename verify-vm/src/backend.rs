@@ -59,11 +59,18 @@ pub struct BootSpec {
     pub access: DiskAccess,
 }
 
-/// A line the guest wrote to its serial console, with the time since the VM started.
+/// A line the guest wrote to its serial console, with the time since the VM started
+/// (serialized as `{"at_ms": 12.5, "text": "..."}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConsoleLine {
+    #[serde(rename = "at_ms", serialize_with = "serialize_millis")]
     pub at: Duration,
     pub text: String,
+}
+
+/// A duration as milliseconds with microsecond precision.
+fn serialize_millis<S: serde::Serializer>(at: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(at.as_micros() as f64 / 1000.0)
 }
 
 /// How the guest stopped.
@@ -86,6 +93,7 @@ pub struct BootOutcome {
     pub backend: BackendKind,
     pub console: Vec<ConsoleLine>,
     pub exit: GuestExit,
+    #[serde(rename = "elapsed_ms", serialize_with = "serialize_millis")]
     pub elapsed: Duration,
 }
 

@@ -17,9 +17,8 @@
 //! Not for: KVM acceleration (`-accel kvm` fails on `kvm_pvm`), networking, or any device
 //! beyond the one disk and the serial console.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use vdr_mount::nbd::{Address, Export, Server};
 
+use self::console::{collect_console, read_console, read_tail};
 use crate::backend::{
     BackendError, BackendKind, BootOutcome, BootSpec, ConsoleLine, DiskAccess, GuestExit,
     LinuxBackend,
@@ -41,11 +41,6 @@ pub const QEMU_PACKAGE: &str = "qemu-system-x86";
 /// Environment variable naming the emulator to use instead of the one on PATH.
 pub const QEMU_ENV: &str = "VDR_QEMU";
 
-/// The console kept per boot; older lines are dropped first (the end holds the report
-/// or the panic).
-const MAX_CONSOLE_BYTES: usize = 4 << 20;
-/// A longer console line is split: a guest that never sends '\n' cannot grow a buffer.
-const MAX_LINE_BYTES: usize = 4096;
 /// The part of qemu's stderr kept for [`GuestExit::Failed`].
 const MAX_STDERR_BYTES: usize = 4096;
 /// The NBD export name qemu asks for.
@@ -267,6 +262,11 @@ fn qemu_args(command: &QemuCommand<'_>) -> Vec<OsString> {
         &drive,
         "-device",
         "virtio-blk-device,drive=d0",
+        // the reset line of the KVM microVM: with reboot=k a panic (panic=-1) or a
+        // reboot resets at once; without it the kernel polls a missing controller for
+        // seconds before falling back to a triple fault
+        "-device",
+        "i8042",
         "-append",
         command.cmdline,
         "-kernel",
@@ -497,150 +497,8 @@ impl Drop for RunningQemu {
     }
 }
 
-/// Receives console lines until qemu closes its stdout or the timeout passes; returns
-/// the lines kept and whether the timeout passed.
-fn collect_console(
-    lines: &mpsc::Receiver<(Duration, String)>,
-    started: Instant,
-    timeout: Duration,
-    echo: Option<&(dyn Fn(&ConsoleLine) + Send + Sync)>,
-) -> (Vec<ConsoleLine>, bool) {
-    let deadline = started + timeout;
-    let mut log = ConsoleLog::default();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok((at, text)) => {
-                let line = ConsoleLine { at, text };
-                if let Some(echo) = echo {
-                    echo(&line);
-                }
-                log.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => return (log.into_lines(), true),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return (log.into_lines(), false),
-        }
-    }
-}
-
-/// Splits qemu's stdout into lines stamped with the time since `started`.
-fn read_console(mut out: impl Read, started: Instant, lines: &mpsc::Sender<(Duration, String)>) {
-    let mut splitter = LineSplitter::default();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = match out.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let at = started.elapsed();
-        for text in splitter.push(buf.get(..n).unwrap_or_default()) {
-            if lines.send((at, text)).is_err() {
-                return;
-            }
-        }
-    }
-    if let Some(text) = splitter.finish() {
-        let _ = lines.send((started.elapsed(), text));
-    }
-}
-
-/// Reads `input` to its end, keeping its last `limit` bytes.
-fn read_tail(mut input: impl Read, limit: usize) -> Vec<u8> {
-    let mut kept = VecDeque::with_capacity(limit);
-    let mut buf = [0u8; 4096];
-    loop {
-        match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                for &byte in buf.get(..n).unwrap_or_default() {
-                    if kept.len() == limit {
-                        kept.pop_front();
-                    }
-                    kept.push_back(byte);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    kept.into()
-}
-
-/// Cuts a byte stream into lines: '\n' ends a line, '\r' is dropped, and a line longer
-/// than [`MAX_LINE_BYTES`] is cut there. Invalid UTF-8 becomes U+FFFD.
-#[derive(Default)]
-struct LineSplitter {
-    pending: Vec<u8>,
-}
-
-impl LineSplitter {
-    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        let mut lines = Vec::new();
-        for &byte in bytes {
-            match byte {
-                b'\n' => lines.push(self.take()),
-                b'\r' => {}
-                _ => {
-                    self.pending.push(byte);
-                    if self.pending.len() >= MAX_LINE_BYTES {
-                        lines.push(self.take());
-                    }
-                }
-            }
-        }
-        lines
-    }
-
-    /// The unterminated last line, if any.
-    fn finish(&mut self) -> Option<String> {
-        (!self.pending.is_empty()).then(|| self.take())
-    }
-
-    fn take(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        text
-    }
-}
-
-/// The console of one boot, at most [`MAX_CONSOLE_BYTES`]: the oldest lines go first.
-#[derive(Default)]
-struct ConsoleLog {
-    lines: VecDeque<ConsoleLine>,
-    bytes: usize,
-    dropped: usize,
-}
-
-impl ConsoleLog {
-    fn push(&mut self, line: ConsoleLine) {
-        self.bytes = self.bytes.saturating_add(line.text.len());
-        self.lines.push_back(line);
-        while self.bytes > MAX_CONSOLE_BYTES {
-            match self.lines.pop_front() {
-                Some(old) => {
-                    self.bytes = self.bytes.saturating_sub(old.text.len());
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-                None => break,
-            }
-        }
-    }
-
-    fn into_lines(self) -> Vec<ConsoleLine> {
-        let mut lines = Vec::with_capacity(self.lines.len().saturating_add(1));
-        if self.dropped > 0 {
-            let at = self.lines.front().map(|l| l.at).unwrap_or_default();
-            lines.push(ConsoleLine {
-                at,
-                text: format!("[vdr: {} earlier console lines dropped]", self.dropped),
-            });
-        }
-        lines.extend(self.lines);
-        lines
-    }
-}
+#[path = "qemu_console.rs"]
+mod console;
 
 #[cfg(test)]
 #[path = "qemu_tests.rs"]

@@ -1,6 +1,7 @@
 //! Unit tests of the qemu backend that need no qemu: the command line, the exit
 //! classification, the console reader's bounds and the emulator lookup.
 
+use super::console::{ConsoleLog, LineSplitter, MAX_CONSOLE_BYTES, MAX_LINE_BYTES};
 use super::*;
 
 fn line(text: &str) -> ConsoleLine {
