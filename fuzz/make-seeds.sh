@@ -13,6 +13,8 @@
 #   virtio_blk       hand-made driver sessions (python3): initialisation, reads, writes,
 #                    GET_ID, flush, indirect chains, damaged sectors, a raw register-level
 #                    set-up over a ring laid out in the memory image
+#   guest_reports    console transcripts: the probe's VDRPROBE lines, an appliance report
+#                    document (wrapped by the target), the guest-kernel test consoles
 # Images are written twice, prefixed with a mode byte (0 = salvage, 1 = strict), as the
 # targets read them; descriptors are written as they are.
 #
@@ -235,6 +237,63 @@ seed('raw-registers-damaged', 0, 0x01, ops, bytes(image))
 PY
 }
 
+# Console text for the guest-output parsers: mode byte 0 = text only, 1 = text, NUL, the
+# appliance's JSON document (the target base64-wraps it as the guest does).
+guest_reports_seeds() {
+    command -v python3 >/dev/null || { echo "make-seeds: python3 not found" >&2; exit 2; }
+    local f
+    for f in "$here"/../verify-vm/src/guest_kernel/testdata/*.console; do
+        [ -f "$f" ] && { printf '\0'; cat "$f"; } > "$out/kernel-$(basename "$f" .console)"
+    done
+    python3 - "$out" <<'PY'
+import base64, json, sys
+out = sys.argv[1]
+b64 = lambda t: base64.b64encode(t.encode()).decode()
+def seed(name, text, document=None):
+    with open(f'{out}/{name}', 'wb') as f:
+        if document is None:
+            f.write(b'\0' + text.encode())
+        else:
+            f.write(b'\1' + text.encode() + b'\0' + json.dumps(document).encode())
+probe = '\n'.join('VDRPROBE ' + json.dumps(fact) for fact in [
+    {'t': 'start', 'v': 1}, {'t': 'disk', 'sectors': 8192, 'ro': True},
+    {'t': 'mbr', 'signature': True, 'boot_code': False},
+    {'t': 'table', 'scheme': 'gpt', 'crc_ok': True, 'primary_ok': True},
+    {'t': 'part', 'i': 1, 'start': 2048, 'sectors': 2048,
+     'type': '0FC63DAF-8483-4772-8E79-3D69D8477DE4', 'name': 'root'},
+    {'t': 'part', 'i': 2, 'start': 4096, 'sectors': 2048,
+     'type': '0FC63DAF-8483-4772-8E79-3D69D8477DE4', 'name': 'root'},
+    {'t': 'fs', 'part': 1, 'kind': 'ext4', 'label': 'root', 'uuid': 'abc',
+     'vbr_signature': False, 'boot_code': False},
+    {'t': 'sample', 'lba': 0, 'n': 8, 'crc': '12345678'},
+    {'t': 'sample', 'lba': 2048, 'n': 16, 'crc': 'ioerr'},
+    {'t': 'overlay', 'lba': 100, 'before_crc': '00000000', 'write': 'ok', 'matched': True},
+    {'t': 'note', 'what': 'a damaged structure', 'lba': 7}, {'t': 'done'}])
+seed('probe', 'probe guest v1\n' + probe + '\n')
+seed('probe-error', 'VDRPROBE {"t":"start","v":1}\nVDRPROBE {"t":"error","what":"no disk"}\n')
+os_release = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
+fstab = ('UUID=0b5f2a3c-58c5-4c1b-9bd5-1d2c3e4f5a6b / ext4 errors=remount-ro 0 1\n'
+         'PARTUUID=11111111-2222-3333-4444-555555555555 /boot vfat defaults 0 2\n'
+         'LABEL=root /srv ext4 defaults 0 0\n/dev/sdb1 /data xfs defaults 0 0\n# comment\n')
+document = {'version': 1, 'stages': [{'stage': 'modules', 'at': 1.5},
+                                     {'stage': 'checked vda1', 'at': 2.25}],
+            'devices': 'vda vda1 vda2', 'insmod_failed': b64('btrfs: -2\n'),
+            'partitions': [
+                {'device': 'vda1', 'fs': 'ext4', 'present': True,
+                 'fsck': {'ran': True, 'exit': 0, 'out': b64('clean\n')}, 'mounted': True,
+                 'mount_error': '', 'os_release': b64(os_release), 'fstab': b64(fstab)},
+                {'device': 'vda2', 'fs': 'vfat', 'present': True,
+                 'fsck': {'ran': False}, 'mounted': False,
+                 'mount_error': b64('mount: wrong fs type'), 'os_release': None,
+                 'fstab': None}],
+            'dmesg': b64('[    0.000000] Linux version 6.1.0\n')}
+seed('appliance', '[    1.0] virtio_blk virtio0: [vda] 8192 512-byte logical blocks\n', document)
+seed('os-release', os_release)
+seed('fstab', fstab)
+seed('grub', 'menuentry "Debian" {\n\tlinux /boot/vmlinuz-6.1.0 root=UUID=abc ro quiet -- single\n}\n')
+PY
+}
+
 case "$target" in
     qcow2) qcow2_seeds ;;
     vmdk_sparse) vmdk_sparse_seeds ;;
@@ -244,6 +303,7 @@ case "$target" in
     vmfs) vmfs_seeds ;;
     partition) partition_seeds ;;
     virtio_blk) virtio_blk_seeds ;;
+    guest_reports) guest_reports_seeds ;;
     *) echo "make-seeds: unknown target $target" >&2; exit 2 ;;
 esac
 echo "make-seeds: $(ls "$out" | wc -l) seeds in $out ($(du -sh "$out" | cut -f1))"
