@@ -316,10 +316,9 @@ impl Rig {
             return;
         }
         let used_before: u16 = self.mem.read_obj(GuestAddress(r.used + 2)).unwrap_or(0);
-        let writes_before = self.dev.device().stats().snapshot().writes;
         self.write32(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         if trusted && self.answered(&built, used_before) {
-            self.check_answer(&built, writes_before);
+            self.check_answer(&built);
         }
     }
 
@@ -346,7 +345,8 @@ impl Rig {
     }
 
     /// Judges an OK answer to the macro's request against the model of the disk.
-    fn check_answer(&mut self, built: &Built, writes_before: u64) {
+    fn check_answer(&mut self, built: &Built) {
+        let writes = self.dev.device().stats().snapshot().writes;
         let mut got = vec![0u8; built.data_len as usize];
         if self
             .mem
@@ -374,6 +374,10 @@ impl Rig {
                          answered OK"
                     );
                 }
+                if writes != self.model_writes {
+                    // A chain served before this one wrote what the model does not know.
+                    self.model = None;
+                }
                 if let Some(model) = &self.model {
                     assert!(
                         got == model[from as usize..to as usize],
@@ -384,11 +388,10 @@ impl Rig {
             VIRTIO_BLK_T_OUT => {
                 assert!(!self.read_only, "a read-only device answered a write OK");
                 let (from, to) = range();
-                let writes = self.dev.device().stats().snapshot().writes;
                 // The request read its data from the buffer as it is now: nothing was
                 // served after it. Other writes in the same notification are not modelled.
                 match &mut self.model {
-                    Some(model) if writes == writes_before + 1 => {
+                    Some(model) if writes == self.model_writes + 1 => {
                         model[from as usize..to as usize].copy_from_slice(&got);
                         self.model_writes = writes;
                     }
