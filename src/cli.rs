@@ -350,8 +350,13 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Guest memory.
-    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    #[arg(long, value_name = "MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(64..=65536))]
     pub memory: u32,
+    /// vCPUs of a Linux guest (appliance, guest-kernel); the probe guest uses one.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub vcpus: u8,
     /// Let the guest write (to an in-memory overlay that is dropped afterwards) instead of
     /// presenting a read-only disk. guest-kernel mode always uses the overlay.
     #[arg(long)]

@@ -15,6 +15,7 @@ use vdr_verify_vm::appliance::{self, ApplianceOptions, ApplianceReport};
 use vdr_verify_vm::backend::{BackendKind, ConsoleLine, DiskAccess, LinuxBackend};
 use vdr_verify_vm::guest_kernel::{self, GuestKernelOptions, GuestKernelReport};
 use vdr_verify_vm::host::{self, KvmSupport};
+use vdr_verify_vm::kvm_linux::KvmBackend;
 use vdr_verify_vm::probe::{self, ProbeOptions, ProbeReport};
 use vdr_verify_vm::qemu::{ConsoleEcho, QemuBackend};
 
@@ -105,6 +106,7 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
                 kernel: args.kernel.clone(),
                 timeout: Duration::from_secs(args.timeout.unwrap_or(300)),
                 memory_mib: args.memory,
+                vcpus: args.vcpus,
                 access,
                 ..ApplianceOptions::default()
             };
@@ -125,6 +127,7 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
             let options = GuestKernelOptions {
                 timeout: Duration::from_secs(args.timeout.unwrap_or(120)),
                 memory_mib: args.memory,
+                vcpus: args.vcpus,
                 ..GuestKernelOptions::default()
             };
             let booted =
@@ -169,14 +172,17 @@ fn linux_backend(args: &VerifyArgs, host: &KvmSupport) -> Result<Box<dyn LinuxBa
     });
     Ok(match args.backend {
         VerifyBackend::Kvm => {
-            if !host.can_boot_linux() {
+            let mut backend = KvmBackend::with_host(host.clone(), force_kvm());
+            if let Err(refused) = backend.check_host() {
                 bail!(
-                    "--mode {} boots Linux, which vdr's KVM microVM can only do with hardware virtualization (VMX/SVM): {}",
-                    mode_name(args.mode),
-                    host.explain()
+                    "--mode {} boots Linux, which vdr's KVM microVM can only do with hardware virtualization (VMX/SVM): {refused}",
+                    mode_name(args.mode)
                 );
             }
-            bail!("the KVM Linux backend is being built")
+            if let Some(echo) = echo {
+                backend = backend.with_echo(echo);
+            }
+            Box::new(backend)
         }
         VerifyBackend::Qemu => {
             let mut backend = QemuBackend::new()?;
@@ -186,6 +192,12 @@ fn linux_backend(args: &VerifyArgs, host: &KvmSupport) -> Result<Box<dyn LinuxBa
             Box::new(backend)
         }
     })
+}
+
+/// `VDR_KVM_FORCE=1`: boot Linux in the KVM microVM even where the host says it cannot
+/// (to see how far a kernel gets on a software-only KVM).
+fn force_kvm() -> bool {
+    std::env::var_os("VDR_KVM_FORCE").is_some_and(|v| v == "1")
 }
 
 /// The serde name of a unit enum value ("root-mounted").

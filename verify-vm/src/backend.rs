@@ -57,7 +57,18 @@ pub struct BootSpec {
     pub timeout: Duration,
     pub disk: Arc<dyn VirtualDisk>,
     pub access: DiskAccess,
+    /// Called with every console line: `Some(grace)` stops the guest (reported as
+    /// [`GuestExit::Stopped`]) `grace` later, unless it stops by itself first. A mode that
+    /// has seen what it needs (a login prompt; a rescue shell that will wait for input
+    /// forever) does not wait for the timeout.
+    pub stop_when: Option<StopWhen>,
 }
+
+/// Called with every console line as it arrives (`vdr verify --console`).
+pub type ConsoleEcho = Arc<dyn Fn(&ConsoleLine) + Send + Sync>;
+
+/// See [`BootSpec::stop_when`].
+pub type StopWhen = Arc<dyn Fn(&ConsoleLine) -> Option<Duration> + Send + Sync>;
 
 /// A line the guest wrote to its serial console, with the time since the VM started
 /// (serialized as `{"at_ms": 12.5, "text": "..."}`).
@@ -83,6 +94,9 @@ pub enum GuestExit {
     Reset,
     /// The timeout passed; the VM was stopped.
     Timeout,
+    /// vdr stopped the VM once the console showed what it needed
+    /// ([`BootSpec::stop_when`]).
+    Stopped,
     /// The VMM or emulator failed (a vCPU error, qemu exiting with an error).
     Failed(String),
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use vdr_mount::nbd::{Address, Export, Server};
 
-use self::console::{collect_console, read_console, read_tail};
+use self::console::{collect_console, read_console, read_tail, ConsoleEnd};
 use crate::backend::{
     BackendError, BackendKind, BootOutcome, BootSpec, ConsoleLine, DiskAccess, GuestExit,
     LinuxBackend,
@@ -49,7 +49,7 @@ const EXPORT_NAME: &str = "disk";
 const REAP_POLL: Duration = Duration::from_millis(20);
 
 /// Called with every console line as it arrives (for `--verbose` progress).
-pub type ConsoleEcho = Arc<dyn Fn(&ConsoleLine) + Send + Sync>;
+pub use crate::backend::ConsoleEcho;
 
 /// Boots Linux guests under qemu-system-x86_64 (TCG).
 pub struct QemuBackend {
@@ -194,9 +194,14 @@ impl LinuxBackend for QemuBackend {
         });
         let started = Instant::now();
         let mut child = RunningQemu::spawn(&self.binary, &args)?;
-        let (console, timed_out) =
-            collect_console(&child.console, started, spec.timeout, self.echo.as_deref());
-        let status = child.finish(started, spec.timeout, timed_out)?;
+        let (console, end) = collect_console(
+            &child.console,
+            started,
+            spec.timeout,
+            self.echo.as_ref(),
+            spec.stop_when.as_ref(),
+        );
+        let status = child.finish(started, spec.timeout, end)?;
         let stderr = child.stderr_tail();
         let elapsed = started.elapsed();
         drop(child);
@@ -292,6 +297,8 @@ fn escape_option_value(value: &str) -> String {
 enum QemuStatus {
     /// vdr stopped it at the timeout.
     TimedOut,
+    /// vdr stopped it because the boot's `stop_when` matched a console line.
+    Stopped,
     Code(i32),
     Signal(i32),
 }
@@ -315,6 +322,7 @@ impl QemuStatus {
 fn classify_exit(console: &[ConsoleLine], status: QemuStatus, stderr_tail: &str) -> GuestExit {
     match status {
         QemuStatus::TimedOut => GuestExit::Timeout,
+        QemuStatus::Stopped => GuestExit::Stopped,
         QemuStatus::Code(0) => {
             let last_word = console.iter().rev().find_map(|line| {
                 let text = line.text.as_str();
@@ -442,11 +450,14 @@ impl RunningQemu {
         &mut self,
         started: Instant,
         timeout: Duration,
-        timed_out: bool,
+        end: ConsoleEnd,
     ) -> Result<QemuStatus, BackendError> {
-        let status = if timed_out {
+        let status = if end == ConsoleEnd::TimedOut {
             self.kill();
             QemuStatus::TimedOut
+        } else if end == ConsoleEnd::Stopped {
+            self.kill();
+            QemuStatus::Stopped
         } else {
             // the console closed: qemu is exiting; it still gets the boot's deadline
             let deadline = started + timeout;

@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::backend::ConsoleLine;
+use crate::backend::{ConsoleEcho, ConsoleLine, StopWhen};
 
 /// The console kept per boot; older lines are dropped first (the end holds the report
 /// or the panic).
@@ -16,28 +16,54 @@ pub(super) const MAX_CONSOLE_BYTES: usize = 4 << 20;
 /// A longer console line is split: a guest that never sends '\n' cannot grow a buffer.
 pub(super) const MAX_LINE_BYTES: usize = 4096;
 
-/// Receives console lines until qemu closes its stdout or the timeout passes; returns
-/// the lines kept and whether the timeout passed.
+/// Why [`collect_console`] stopped collecting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ConsoleEnd {
+    /// qemu closed its stdout: it is exiting.
+    Closed,
+    TimedOut,
+    /// A line asked for a stop through the boot's `stop_when`, and its grace passed.
+    Stopped,
+}
+
+/// Receives console lines until qemu closes its stdout, the timeout passes, or the grace
+/// a line's `stop_when` asked for passes; returns the lines kept and why it ended.
 pub(super) fn collect_console(
     lines: &mpsc::Receiver<(Duration, String)>,
     started: Instant,
     timeout: Duration,
-    echo: Option<&(dyn Fn(&ConsoleLine) + Send + Sync)>,
-) -> (Vec<ConsoleLine>, bool) {
+    echo: Option<&ConsoleEcho>,
+    stop_when: Option<&StopWhen>,
+) -> (Vec<ConsoleLine>, ConsoleEnd) {
     let deadline = started + timeout;
+    let mut stop_at: Option<Instant> = None;
     let mut log = ConsoleLog::default();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let until = stop_at.map_or(deadline, |stop| stop.min(deadline));
+        let left = until.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok((at, text)) => {
                 let line = ConsoleLine { at, text };
                 if let Some(echo) = echo {
                     echo(&line);
                 }
+                if let Some(grace) = stop_when.and_then(|stop_when| stop_when(&line)) {
+                    let stop = Instant::now() + grace;
+                    stop_at = Some(stop_at.map_or(stop, |earlier| earlier.min(stop)));
+                }
                 log.push(line);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => return (log.into_lines(), true),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return (log.into_lines(), false),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let end = if Instant::now() >= deadline {
+                    ConsoleEnd::TimedOut
+                } else {
+                    ConsoleEnd::Stopped
+                };
+                return (log.into_lines(), end);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return (log.into_lines(), ConsoleEnd::Closed)
+            }
         }
     }
 }

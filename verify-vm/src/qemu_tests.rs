@@ -3,6 +3,7 @@
 
 use super::console::{ConsoleLog, LineSplitter, MAX_CONSOLE_BYTES, MAX_LINE_BYTES};
 use super::*;
+use crate::backend::StopWhen;
 
 fn line(text: &str) -> ConsoleLine {
     ConsoleLine {
@@ -237,4 +238,54 @@ fn host_tsc_rate_is_plausible() {
     };
     assert!((100_000..10_000_000).contains(&khz), "{khz} kHz");
     assert!(tsc_cmdline().starts_with("tsc_early_khz="));
+}
+
+#[test]
+fn a_line_asking_for_a_stop_ends_the_collection_after_its_grace() {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    // the guest keeps the console open (qemu still running) after the line
+    let _keep_open = sender.clone();
+    sender
+        .send((Duration::from_millis(5), "login: ".to_string()))
+        .unwrap();
+    sender
+        .send((Duration::from_millis(6), "after".to_string()))
+        .unwrap();
+    let stop: StopWhen = Arc::new(|line: &ConsoleLine| {
+        line.text
+            .contains("login:")
+            .then_some(Duration::from_millis(50))
+    });
+    let begin = Instant::now();
+
+    let (lines, end) = super::console::collect_console(
+        &receiver,
+        begin,
+        Duration::from_secs(30),
+        None,
+        Some(&stop),
+    );
+
+    assert_eq!(end, super::console::ConsoleEnd::Stopped);
+    assert_eq!(lines.len(), 2, "lines within the grace are kept");
+    assert!(begin.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn the_timeout_wins_over_a_later_grace() {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    sender
+        .send((Duration::from_millis(5), "login: ".to_string()))
+        .unwrap();
+    let stop: StopWhen = Arc::new(|_: &ConsoleLine| Some(Duration::from_secs(60)));
+
+    let (_, end) = super::console::collect_console(
+        &receiver,
+        Instant::now(),
+        Duration::from_millis(100),
+        None,
+        Some(&stop),
+    );
+
+    assert_eq!(end, super::console::ConsoleEnd::TimedOut);
 }

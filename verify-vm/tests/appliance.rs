@@ -93,6 +93,7 @@ fn boot_tiny(access: DiskAccess) {
         timeout: Duration::from_secs(120),
         disk: raw_disk(vec![0u8; 1 << 20]),
         access,
+        stop_when: None,
     };
     let started = Instant::now();
     let outcome = qemu.boot(&spec).unwrap();
@@ -131,6 +132,7 @@ fn qemu_boot_times_out_when_the_guest_hangs() {
         timeout: Duration::from_secs(3),
         disk: raw_disk(vec![0u8; 1 << 20]),
         access: DiskAccess::ReadOnly,
+        stop_when: None,
     };
     let started = Instant::now();
     let outcome = qemu.boot(&spec).unwrap();
@@ -434,6 +436,7 @@ poweroff -f
         timeout: Duration::from_secs(120),
         disk: open(&qcow2),
         access,
+        stop_when: None,
     };
     let outcome = qemu.boot(&spec).unwrap();
     assert_eq!(outcome.exit, GuestExit::PowerOff, "{:#?}", outcome.console);

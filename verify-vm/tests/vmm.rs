@@ -303,6 +303,36 @@ fn spinning_guest_is_stopped_at_the_timeout() {
 }
 
 #[test]
+fn console_line_asking_for_a_stop_ends_the_run_after_its_grace() {
+    if kvm_missing() {
+        return;
+    }
+    let _serial = one_vm_at_a_time();
+    // HELLO_GUEST with `jmp $` instead of the exit port: it prints, then spins forever
+    let mut guest = HELLO_GUEST.to_vec();
+    guest[34..39].copy_from_slice(&[0xeb, 0xfe, 0x90, 0x90, 0x90]);
+    let mut vm = Vm::new(&config(Duration::from_secs(20))).expect("VM created");
+    load(&vm, &guest);
+    vm.set_stop_when(std::sync::Arc::new(
+        |line: &vdr_verify_vm::backend::ConsoleLine| {
+            (line.text == "hello from the guest").then_some(Duration::from_millis(100))
+        },
+    ));
+
+    let outcome = vm.run(entry()).expect("VM ran");
+
+    println!("stopped after {:?}", outcome.elapsed);
+    assert_eq!(outcome.exit, GuestExit::Stopped);
+    assert_eq!(texts(&outcome), ["hello from the guest"]);
+    assert!(outcome.elapsed >= Duration::from_millis(100));
+    assert!(
+        outcome.elapsed < Duration::from_secs(2),
+        "{:?}",
+        outcome.elapsed
+    );
+}
+
+#[test]
 fn triple_faulting_guest_stops_the_vm() {
     if kvm_missing() {
         return;

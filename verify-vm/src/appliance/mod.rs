@@ -182,6 +182,8 @@ pub fn run(
         timeout: options.timeout,
         disk,
         access: options.access,
+        // the guest powers off after its report
+        stop_when: None,
     };
     let outcome = backend.boot(&spec)?;
     let mut report = report::build(kernel, &plan, &outcome);

@@ -18,13 +18,15 @@ pub mod timeline;
 mod version;
 mod volumes;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use vdr_formats::VirtualDisk;
 
-use crate::backend::{BackendError, BackendKind, BootSpec, DiskAccess, GuestExit, LinuxBackend};
+use crate::backend::{
+    BackendError, BackendKind, BootSpec, ConsoleLine, DiskAccess, GuestExit, LinuxBackend, StopWhen,
+};
 
 pub use cmdline::{boot_cmdline, first_grub_linux, BootCmdline, GrubLinux, MAX_CMDLINE, VDR_ARGS};
 pub use locate::{BootFile, Limits};
@@ -173,6 +175,7 @@ pub fn run(
         timeout: options.timeout,
         disk,
         access: DiskAccess::Overlay,
+        stop_when: Some(stop_when(options.userspace_markers.clone())),
     };
     let outcome = backend.boot(&spec)?;
     let timeline = timeline::parse(&outcome.console, &options.userspace_markers);
@@ -209,5 +212,19 @@ pub fn run(
         exit: outcome.exit,
         elapsed_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
         console_tail,
+    })
+}
+
+/// Ends the boot once waiting tells nothing more: a login prompt (the boot is done), or a
+/// rescue shell (initramfs-tools' "Dropping to a shell", systemd's emergency mode) that
+/// would wait for input until the timeout. The grace keeps what the guest prints right
+/// after (a panic when the shell cannot start).
+fn stop_when(userspace_markers: Vec<String>) -> StopWhen {
+    const GRACE: Duration = Duration::from_secs(2);
+    let parser = Mutex::new(timeline::Parser::new(userspace_markers));
+    Arc::new(move |line: &ConsoleLine| {
+        let mut parser = parser.lock().unwrap_or_else(|e| e.into_inner());
+        parser.feed(line);
+        parser.nothing_more_to_wait_for().then_some(GRACE)
     })
 }

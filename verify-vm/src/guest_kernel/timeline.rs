@@ -143,6 +143,18 @@ impl Parser {
             .is_some_and(|s| s >= Stage::Userspace)
     }
 
+    /// The boot reached a login prompt, or a rescue shell that waits for input: waiting
+    /// longer shows nothing new.
+    pub fn nothing_more_to_wait_for(&self) -> bool {
+        self.timeline.furthest == Some(Stage::LoginPrompt)
+            || self.timeline.problems.iter().any(|p| {
+                matches!(
+                    p.kind,
+                    ProblemKind::InitramfsShell | ProblemKind::EmergencyMode
+                )
+            })
+    }
+
     pub fn finish(self) -> Timeline {
         self.timeline
     }

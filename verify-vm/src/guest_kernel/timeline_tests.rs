@@ -276,3 +276,27 @@ proptest! {
         prop_assert!(timeline.stages.iter().all(|m| m.line.chars().count() <= MAX_LINE_CHARS));
     }
 }
+
+#[test]
+fn a_rescue_shell_or_a_login_prompt_leaves_nothing_to_wait_for() {
+    let mut parser = Parser::new(Vec::new());
+    for line in console(INITRAMFS_ALERT) {
+        let alert = line.text.contains("Dropping to a shell");
+        let before = parser.nothing_more_to_wait_for();
+        parser.feed(&line);
+        if alert {
+            assert!(!before);
+            assert!(parser.nothing_more_to_wait_for());
+            break;
+        }
+    }
+    assert!(parser.nothing_more_to_wait_for());
+
+    let mut parser = Parser::new(Vec::new());
+    for line in console(INITRAMFS_OK) {
+        parser.feed(&line);
+    }
+    assert!(!parser.nothing_more_to_wait_for(), "userspace alone: wait");
+    parser.feed(&console("debian login: ")[0]);
+    assert!(parser.nothing_more_to_wait_for());
+}

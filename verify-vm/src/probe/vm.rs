@@ -189,6 +189,7 @@ fn describe(exit: &GuestExit) -> String {
         GuestExit::PowerOff => "stopped through the exit port".into(),
         GuestExit::Reset => "the guest reset".into(),
         GuestExit::Timeout => "timed out".into(),
+        GuestExit::Stopped => "stopped by vdr".into(),
         GuestExit::Failed(why) => format!("the VM failed: {why}"),
     }
 }

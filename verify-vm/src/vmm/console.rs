@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vm_superio::{Serial, Trigger};
 
-use crate::backend::ConsoleLine;
+use crate::backend::{ConsoleLine, StopWhen};
 use crate::devices::{IrqLine, MmioDevice};
 
 /// Longest line kept whole; a longer one is split at this length.
@@ -29,7 +29,13 @@ pub struct ConsoleLog {
     captured_bytes: usize,
     dropped_bytes: u64,
     echo: Option<ConsoleEcho>,
+    stop_when: Option<StopWhen>,
+    /// When a line's `stop_when` asked the run to end (read by the watchdog).
+    stop_at: StopAt,
 }
+
+/// The instant a console line asked the run to stop at, shared with the watchdog.
+pub type StopAt = Arc<Mutex<Option<Instant>>>;
 
 impl Default for ConsoleLog {
     fn default() -> Self {
@@ -41,6 +47,8 @@ impl Default for ConsoleLog {
             captured_bytes: 0,
             dropped_bytes: 0,
             echo: None,
+            stop_when: None,
+            stop_at: StopAt::default(),
         }
     }
 }
@@ -57,6 +65,15 @@ impl ConsoleLog {
 
     pub fn set_echo(&mut self, echo: ConsoleEcho) {
         self.echo = Some(echo);
+    }
+
+    pub fn set_stop_when(&mut self, stop_when: StopWhen) {
+        self.stop_when = Some(stop_when);
+    }
+
+    /// Where the stop a line asked for is published.
+    pub fn stop_at(&self) -> StopAt {
+        self.stop_at.clone()
     }
 
     /// One byte from the guest. `\r` is dropped (Linux writes `\r\n`).
@@ -91,10 +108,20 @@ impl ConsoleLog {
         if let Some(echo) = self.echo.as_mut() {
             echo(&text);
         }
-        self.lines.push(ConsoleLine {
+        let line = ConsoleLine {
             at: self.partial_at,
             text,
-        });
+        };
+        if let Some(grace) = self
+            .stop_when
+            .as_ref()
+            .and_then(|stop_when| stop_when(&line))
+        {
+            let stop = Instant::now() + grace;
+            let mut stop_at = self.stop_at.lock().unwrap_or_else(|e| e.into_inner());
+            *stop_at = Some(stop_at.map_or(stop, |earlier| earlier.min(stop)));
+        }
+        self.lines.push(line);
     }
 
     /// The lines so far, the unfinished one included, and how many bytes were dropped.

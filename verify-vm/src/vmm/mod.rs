@@ -233,6 +233,15 @@ impl Vm {
             .set_echo(echo);
     }
 
+    /// Stops the run (as [`GuestExit::Stopped`]) the grace `stop_when` returns after a
+    /// console line for which it returns one.
+    pub fn set_stop_when(&mut self, stop_when: crate::backend::StopWhen) {
+        self.console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_stop_when(stop_when);
+    }
+
     /// Runs the guest from `entry` on vCPU 0 (the others wait for INIT/SIPI) until it
     /// powers off, resets, fails, or the configured timeout passes.
     ///
@@ -253,7 +262,12 @@ impl Vm {
             .unwrap_or_else(|e| e.into_inner())
             .restart(start);
         let bus = Arc::new(std::mem::take(&mut self.bus));
-        let result = run::run_vcpus(vcpus, bus.clone(), self.config.timeout);
+        let stop_at = self
+            .console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop_at();
+        let result = run::run_vcpus(vcpus, bus.clone(), self.config.timeout, &stop_at);
         let elapsed = start.elapsed();
         // Every vCPU thread has been joined (or detached after a failed kick, in which
         // case its devices stay with it), so this is normally the only reference.

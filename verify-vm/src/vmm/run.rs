@@ -18,6 +18,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::bus::Bus;
+use super::console::StopAt;
 use super::exit::{self, ExitAction, VmExit};
 use super::Error;
 use crate::backend::GuestExit;
@@ -26,6 +27,8 @@ use crate::backend::GuestExit;
 const KICK_SIGNAL_OFFSET: i32 = 0;
 /// How often the watchdog checks, and re-kicks, vCPU threads that have not yet ended.
 const REKICK_INTERVAL: Duration = Duration::from_millis(1);
+/// How often the watchdog looks whether a console line asked for a stop.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long the watchdog waits for a kicked thread before giving up on joining it.
 const JOIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -110,7 +113,12 @@ impl Drop for FinishNotice {
 /// Runs `vcpus` (index = vCPU id) until one stops the VM or `timeout` passes; every thread
 /// is joined (or, after a kick that did not take within [`JOIN_LIMIT`], reported) before
 /// this returns.
-pub fn run_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>, timeout: Duration) -> Result<Stop, Error> {
+pub fn run_vcpus(
+    vcpus: Vec<VcpuFd>,
+    bus: Arc<Bus>,
+    timeout: Duration,
+    stop_at: &StopAt,
+) -> Result<Stop, Error> {
     install_kick_handler()?;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +154,10 @@ pub fn run_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>, timeout: Duration) -> Result
     let mut running = threads.len();
     if spawn_error.is_none() {
         while reason.is_none() && panicked.is_none() && running > 0 {
-            let left = timeout.saturating_sub(start.elapsed());
+            // a console line may ask for an earlier stop at any time: look every so often
+            let left = timeout
+                .saturating_sub(start.elapsed())
+                .min(STOP_POLL_INTERVAL);
             match inbox.recv_timeout(left) {
                 Ok(Event::Stopped(stop)) => reason = Some(stop),
                 Ok(Event::Finished { index, panicked: p }) => {
@@ -155,7 +166,14 @@ pub fn run_vcpus(vcpus: Vec<VcpuFd>, bus: Arc<Bus>, timeout: Duration) -> Result
                         panicked = Some(index);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => reason = Some((GuestExit::Timeout, None)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let asked = *stop_at.lock().unwrap_or_else(|e| e.into_inner());
+                    if start.elapsed() >= timeout {
+                        reason = Some((GuestExit::Timeout, None));
+                    } else if asked.is_some_and(|at| Instant::now() >= at) {
+                        reason = Some((GuestExit::Stopped, None));
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
