@@ -12,9 +12,13 @@ use common::*;
 use serde_json::Value;
 use vdr_fixtures::linux_disk::LinuxDisk;
 
-/// The SKIP reason when /dev/kvm is missing.
-fn kvm_missing() -> Option<&'static str> {
-    (!Path::new("/dev/kvm").exists()).then_some("no /dev/kvm")
+/// True (after a SKIP line) when /dev/kvm is missing.
+fn skip_without_kvm() -> bool {
+    let missing = !Path::new("/dev/kvm").exists();
+    if missing {
+        println!("SKIP: no /dev/kvm");
+    }
+    missing
 }
 
 /// True on a host whose KVM cannot boot Linux (no /dev/kvm, or the software kvm_pvm).
@@ -65,6 +69,18 @@ fn qcow2_of(dir: &Path, raw: &Path) -> PathBuf {
     out
 }
 
+/// [`ext4_disk`] as `dir/disk.qcow2`, with its sha256; None (after a SKIP line) when a
+/// tool is missing.
+fn ext4_qcow2(dir: &Path) -> Option<(PathBuf, String)> {
+    if skip_without_qemu() {
+        return None;
+    }
+    let raw = ext4_disk(dir)?;
+    let image = qcow2_of(dir, &raw);
+    let hash = sha256_file(&image);
+    Some((image, hash))
+}
+
 fn partitions(report: &Value) -> &Vec<Value> {
     report["probe"]["partitions"]
         .as_array()
@@ -73,19 +89,13 @@ fn partitions(report: &Value) -> &Vec<Value> {
 
 #[test]
 fn probe_finds_gpt_and_ext4_in_a_qcow2_and_every_sample_matches() {
-    if let Some(why) = kvm_missing() {
-        println!("SKIP: {why}");
-        return;
-    }
-    if skip_without_qemu() {
+    if skip_without_kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(raw) = ext4_disk(dir.path()) else {
+    let Some((image, before)) = ext4_qcow2(dir.path()) else {
         return;
     };
-    let image = qcow2_of(dir.path(), &raw);
-    let before = sha256_file(&image);
 
     let run = vdr(dir.path(), &["verify", "disk.qcow2", "--json"]);
 
@@ -123,8 +133,7 @@ fn probe_finds_gpt_and_ext4_in_a_qcow2_and_every_sample_matches() {
 
 #[test]
 fn probe_of_a_zeroed_disk_reports_no_boot_signature_no_filesystem_and_exits_1() {
-    if let Some(why) = kvm_missing() {
-        println!("SKIP: {why}");
+    if skip_without_kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -154,19 +163,13 @@ fn probe_of_a_zeroed_disk_reports_no_boot_signature_no_filesystem_and_exits_1() 
 
 #[test]
 fn probe_with_an_overlay_writes_in_memory_only() {
-    if let Some(why) = kvm_missing() {
-        println!("SKIP: {why}");
-        return;
-    }
-    if skip_without_qemu() {
+    if skip_without_kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(raw) = ext4_disk(dir.path()) else {
+    let Some((image, before)) = ext4_qcow2(dir.path()) else {
         return;
     };
-    let image = qcow2_of(dir.path(), &raw);
-    let before = sha256_file(&image);
 
     let run = vdr(dir.path(), &["verify", "disk.qcow2", "--overlay", "--json"]);
 
@@ -180,8 +183,7 @@ fn probe_with_an_overlay_writes_in_memory_only() {
 #[test]
 fn probe_reads_a_disk_inside_a_vmfs_datastore_in_place() {
     use vdr_fixtures::vmfs::{build, Data, FileSpec, Spec, Version};
-    if let Some(why) = kvm_missing() {
-        println!("SKIP: {why}");
+    if skip_without_kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -280,11 +282,9 @@ fn appliance_through_qemu_checks_ext4_reads_os_release_and_resolves_fstab() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(raw) = ext4_disk(dir.path()) else {
+    let Some((image, before)) = ext4_qcow2(dir.path()) else {
         return;
     };
-    let image = qcow2_of(dir.path(), &raw);
-    let before = sha256_file(&image);
 
     let run = vdr(
         dir.path(),
@@ -334,8 +334,9 @@ fn appliance_through_qemu_reports_a_damaged_ext4_as_not_clean() {
     let Some(raw) = ext4_disk(dir.path()) else {
         return;
     };
-    // The first group's block bitmap (mke2fs puts it right after the group descriptors and
-    // reserved GDT blocks; found with dumpe2fs's view: its location is in the descriptor).
+    // Zero the first group's block bitmap, found through the first group descriptor
+    // (bg_block_bitmap, its first field; the descriptor table starts in the block after
+    // the superblock's).
     let part_offset = 1u64 << 20;
     let mut bytes = std::fs::read(&raw).unwrap();
     let block_size = 1024u64
