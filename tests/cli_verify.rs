@@ -473,3 +473,37 @@ fn guest_kernel_through_qemu_reports_a_missing_root_device_and_exits_1() {
     );
     assert!(run.stdout.contains("verdict: NOT usable"), "{}", run.stdout);
 }
+
+#[test]
+fn probe_of_a_whole_disk_fat_reads_it_as_a_file_system_not_an_mbr() {
+    if skip_without_kvm() {
+        return;
+    }
+    if !vdr_fixtures::linux_disk::on_path("mkfs.vfat") {
+        println!("SKIP: mkfs.vfat (dosfstools) not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("fat.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let made = std::process::Command::new("mkfs.vfat")
+        .args(["-n", "WHOLEDISK"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let run = vdr(dir.path(), &["verify", "fat.raw", "--json"]);
+
+    run.expect_code(0);
+    let report = run.json();
+    assert_eq!(report["probe"]["partition_table"], "none", "{report}");
+    let parts = partitions(&report);
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0]["index"], 0, "the whole disk");
+    assert_eq!(parts[0]["filesystem"]["kind"], "fat16");
+    assert_eq!(parts[0]["filesystem"]["label"], "WHOLEDISK");
+}

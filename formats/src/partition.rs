@@ -71,8 +71,30 @@ pub struct PartitionTable {
     pub findings: Vec<String>,
 }
 
+/// True when `sector0` is the boot sector of an NTFS or FAT file system (a plausible BPB),
+/// not an MBR.
+fn is_file_system_boot_sector(sector0: &[u8]) -> bool {
+    if sector0.get(3..11) == Some(b"NTFS    ") {
+        return true;
+    }
+    let bpb = || -> Option<bool> {
+        let bytes_per_sector = u16::from_le_bytes([*sector0.get(11)?, *sector0.get(12)?]);
+        let sectors_per_cluster = *sector0.get(13)?;
+        let fat_type = sector0.get(0x52..0x57) == Some(b"FAT32")
+            || matches!(sector0.get(0x36..0x3b), Some(b"FAT12" | b"FAT16"));
+        Some(
+            fat_type
+                && matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
+                && sectors_per_cluster.is_power_of_two()
+                && matches!(sector0.first(), Some(0xEB | 0xE9)),
+        )
+    };
+    bpb().unwrap_or(false)
+}
+
 /// Reads the partition table of `disk`. `Ok(None)` when there is none (no MBR signature
-/// and no GPT); damaged structures are findings, only failing reads are errors.
+/// and no GPT, or sector 0 is the boot sector of a file system on the whole disk);
+/// damaged structures are findings, only failing reads are errors.
 pub fn read_partitions(disk: &dyn VirtualDisk) -> Result<Option<PartitionTable>, Error> {
     let mut findings = Vec::new();
     let mbr = read_bytes(disk, 0, 512)?;
@@ -88,7 +110,13 @@ pub fn read_partitions(disk: &dyn VirtualDisk) -> Result<Option<PartitionTable>,
     if protective {
         findings.push("protective MBR but neither GPT header is valid".into());
     }
-    if mbr.is_none() {
+    let Some(sector0) = mbr.as_deref() else {
+        return Ok(None);
+    };
+    // a file system on the whole disk: its boot sector ends in 0x55AA too, and what would
+    // be the partition entries is boot code (libblkid's dos probe makes the same check
+    // before it reads a table)
+    if !protective && is_file_system_boot_sector(sector0) {
         return Ok(None);
     }
     let mut partitions = Vec::new();

@@ -184,3 +184,35 @@ fn no_signature_means_no_table() {
         .expect("reads")
         .is_none());
 }
+
+#[test]
+fn a_whole_disk_ntfs_or_fat_boot_sector_is_not_an_mbr() {
+    // NTFS: its boot code and BPB sit where an MBR's entries would
+    let mut ntfs = vec![0u8; 512 * 100];
+    ntfs[..3].copy_from_slice(&[0xEB, 0x52, 0x90]);
+    ntfs[3..11].copy_from_slice(b"NTFS    ");
+    mbr_entry(&mut ntfs, 0, 0, 0x83, 60_000, 10); // boot code that looks like an entry
+    ntfs[510] = 0x55;
+    ntfs[511] = 0xAA;
+    assert!(read_partitions(&disk(ntfs)).expect("reads").is_none());
+
+    // FAT16 with a plausible BPB (512-byte sectors, 4 sectors a cluster)
+    let mut fat = vec![0u8; 512 * 100];
+    fat[..3].copy_from_slice(&[0xEB, 0x3C, 0x90]);
+    fat[11..13].copy_from_slice(&512u16.to_le_bytes());
+    fat[13] = 4;
+    fat[0x36..0x3b].copy_from_slice(b"FAT16");
+    fat[510] = 0x55;
+    fat[511] = 0xAA;
+    assert!(read_partitions(&disk(fat.clone()))
+        .expect("reads")
+        .is_none());
+
+    // the same bytes with an implausible BPB stay an MBR (a boot loader's text)
+    fat[13] = 3;
+    mbr_entry(&mut fat, 0, 0, 0x83, 2, 50);
+    let table = read_partitions(&disk(fat))
+        .expect("reads")
+        .expect("a table");
+    assert_eq!(table.partitions.len(), 1);
+}

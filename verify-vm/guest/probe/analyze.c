@@ -265,6 +265,28 @@ static int read_gpt(struct probe_dev *d)
     return 0;
 }
 
+/* Sector 0 is the boot sector of an NTFS or FAT file system on the whole disk (it ends in
+ * 0x55AA too, and its "partition entries" are boot code): the same check as the host's
+ * partition reader and libblkid's dos probe. */
+static int fs_boot_sector(const u8 *s)
+{
+    static const u8 ntfs[8] = {'N', 'T', 'F', 'S', ' ', ' ', ' ', ' '};
+    int is_ntfs = 1;
+    for (int i = 0; i < 8; i++)
+        is_ntfs &= s[3 + i] == ntfs[i];
+    if (is_ntfs)
+        return 1;
+    int fat32 = s[0x52] == 'F' && s[0x53] == 'A' && s[0x54] == 'T' && s[0x55] == '3' && s[0x56] == '2';
+    int fat16 = s[0x36] == 'F' && s[0x37] == 'A' && s[0x38] == 'T' && s[0x39] == '1' &&
+                (s[0x3a] == '2' || s[0x3a] == '6');
+    u16 bytes_per_sector = le16(s + 11);
+    u8 spc = s[13];
+    int plausible = (bytes_per_sector == 512 || bytes_per_sector == 1024 || bytes_per_sector == 2048 ||
+                     bytes_per_sector == 4096) &&
+                    spc != 0 && (spc & (spc - 1)) == 0 && (s[0] == 0xeb || s[0] == 0xe9);
+    return (fat32 || fat16) && plausible;
+}
+
 static void read_table(struct probe_dev *d)
 {
     static u8 mbr[512] __attribute__((aligned(16)));
@@ -287,7 +309,7 @@ static void read_table(struct probe_dev *d)
         return;
     if (protective)
         emit_note("protective MBR but neither GPT header is valid", 0);
-    if (!signature) {
+    if (!signature || (!protective && fs_boot_sector(mbr))) {
         jl_begin("table");
         jl_str("scheme", "none");
         jl_end();
