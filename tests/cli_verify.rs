@@ -281,6 +281,24 @@ fn appliance_through_qemu_checks_ext4_reads_os_release_and_resolves_fstab() {
         println!("SKIP: {why}");
         return;
     }
+    appliance_checks_ext4_reads_os_release_and_resolves_fstab("qemu");
+}
+
+#[test]
+fn appliance_through_kvm_checks_ext4_where_the_host_has_vmx_or_svm() {
+    if kvm_cannot_boot_linux() {
+        println!("SKIP: this host's KVM cannot boot Linux (no VMX/SVM): the KVM appliance runs only on hardware virtualization");
+        return;
+    }
+    if let Some(why) = qemu_appliance_missing() {
+        println!("SKIP: {why}");
+        return;
+    }
+    appliance_checks_ext4_reads_os_release_and_resolves_fstab("kvm");
+}
+
+/// The shared appliance check: both backends must give the same report.
+fn appliance_checks_ext4_reads_os_release_and_resolves_fstab(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let Some((image, before)) = ext4_qcow2(dir.path()) else {
         return;
@@ -294,14 +312,14 @@ fn appliance_through_qemu_checks_ext4_reads_os_release_and_resolves_fstab() {
             "--mode",
             "appliance",
             "--backend",
-            "qemu",
+            backend,
             "--json",
         ],
     );
 
     run.expect_code(0);
     let report = run.json();
-    assert_eq!(report["backend"], "qemu");
+    assert_eq!(report["backend"], backend);
     let appliance = &report["appliance"];
     let part = &appliance["partitions"][0];
     assert_eq!(part["device"], "vda1");
