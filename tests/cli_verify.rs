@@ -525,3 +525,36 @@ fn probe_of_a_whole_disk_fat_reads_it_as_a_file_system_not_an_mbr() {
     assert_eq!(parts[0]["filesystem"]["kind"], "fat16");
     assert_eq!(parts[0]["filesystem"]["label"], "WHOLEDISK");
 }
+
+#[test]
+fn guest_kernel_of_a_disk_without_a_kernel_is_not_usable_and_says_what_it_searched() {
+    if qemu_appliance_missing().is_some() {
+        println!("SKIP: qemu backend pieces missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_image, before)) = ext4_qcow2(dir.path()) else {
+        return;
+    };
+
+    let run = vdr(
+        dir.path(),
+        &[
+            "verify",
+            "disk.qcow2",
+            "--mode",
+            "guest-kernel",
+            "--backend",
+            "qemu",
+            "--json",
+        ],
+    );
+
+    run.expect_code(1);
+    let report = run.json();
+    assert_eq!(report["usable"], false);
+    let problem = report["problems"][0].as_str().unwrap();
+    assert!(problem.contains("no Linux kernel found"), "{problem}");
+    assert!(problem.contains("partition 1: ext2/3/4"), "{problem}");
+    assert_eq!(sha256_file(&dir.path().join("disk.qcow2")), before);
+}

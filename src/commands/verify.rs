@@ -130,8 +130,16 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
                 vcpus: args.vcpus,
                 ..GuestKernelOptions::default()
             };
-            let booted =
-                guest_kernel::run(disk, backend.as_ref(), &options).context("guest-kernel mode")?;
+            let booted = match guest_kernel::run(disk, backend.as_ref(), &options) {
+                Ok(booted) => booted,
+                // a disk with no kernel to boot is a finding about the disk (exit 1, with
+                // the report), not a failure to run the verify
+                Err(no_kernel @ guest_kernel::Error::NoKernel { .. }) => {
+                    report.problems.push(no_kernel.to_string());
+                    return finish(args, report, started);
+                }
+                Err(other) => return Err(other).context("guest-kernel mode"),
+            };
             report.usable = booted.boot_ok;
             report.problems = booted
                 .problems
@@ -150,6 +158,11 @@ pub fn run(args: &VerifyArgs) -> Result<Status> {
             report.guest_kernel = Some(booted);
         }
     }
+    finish(args, report, started)
+}
+
+/// Prints the report and turns the verdict into the exit status.
+fn finish(args: &VerifyArgs, mut report: VerifyReport, started: Instant) -> Result<Status> {
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     if args.json {
         print_json(&report)?;
