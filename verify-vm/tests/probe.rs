@@ -142,7 +142,9 @@ fn ext4_gpt_disk_is_probed_through_raw_qcow2_and_a_vmdk_chain() {
     assert!(expected.iter().all(|&b| b == 0x5a));
     let best = total_ms.iter().cloned().fold(f64::INFINITY, f64::min);
     println!("probe total (best of 3): {best} ms");
-    assert!(best < 1000.0, "probe took {best} ms");
+    // the < 1 s target is measured by bench/verify.sh; this bound only catches a probe
+    // that hangs until its timeout on a busy CI machine
+    assert!(best < 5000.0, "probe took {best} ms");
 }
 
 #[test]

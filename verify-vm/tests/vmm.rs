@@ -99,6 +99,10 @@ const MMIO_GUEST: &[u8] = &[
     0x04, 0x27, 0xee, 0xc3,
 ];
 
+/// How soon a stop must take effect. Generous on purpose: these tests show that a run ends
+/// when it should, not how fast (bench/verify.sh measures that); CI machines are busy.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
 /// The VMs run one at a time so the descriptor and thread counts of one test are not
 /// disturbed by another (each run takes milliseconds).
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -241,7 +245,7 @@ fn guest_prints_on_serial_and_powers_off_through_the_exit_port() {
     assert_eq!(outcome.exit_status, Some(42));
     assert_eq!(texts(&outcome), ["hello from the guest"]);
     assert!(outcome.first_console_line.is_some());
-    assert!(wall < Duration::from_secs(1), "took {wall:?}");
+    assert!(wall < PROMPTLY, "took {wall:?}");
 }
 
 #[test]
@@ -299,7 +303,7 @@ fn spinning_guest_is_stopped_at_the_timeout() {
     println!("timeout run {:?}, with VM setup {wall:?}", outcome.elapsed);
     assert_eq!(outcome.exit, GuestExit::Timeout);
     assert!(outcome.elapsed >= Duration::from_millis(300));
-    assert!(wall < Duration::from_secs(1), "took {wall:?}");
+    assert!(wall < PROMPTLY, "took {wall:?}");
 }
 
 #[test]
@@ -325,11 +329,7 @@ fn console_line_asking_for_a_stop_ends_the_run_after_its_grace() {
     assert_eq!(outcome.exit, GuestExit::Stopped);
     assert_eq!(texts(&outcome), ["hello from the guest"]);
     assert!(outcome.elapsed >= Duration::from_millis(100));
-    assert!(
-        outcome.elapsed < Duration::from_secs(2),
-        "{:?}",
-        outcome.elapsed
-    );
+    assert!(outcome.elapsed < PROMPTLY, "{:?}", outcome.elapsed);
 }
 
 #[test]
@@ -464,7 +464,7 @@ fn halted_guest_is_stopped_at_the_timeout() {
     let begin = Instant::now();
     let outcome = run_guest(&config(Duration::from_millis(200)), HALTED_GUEST);
     assert_eq!(outcome.exit, GuestExit::Timeout);
-    assert!(begin.elapsed() < Duration::from_secs(1));
+    assert!(begin.elapsed() < PROMPTLY);
 }
 
 /// Runs [`INTERRUPT_GUEST`] with IO-APIC pin `pin` routed, beside a test device on
@@ -546,7 +546,7 @@ fn device_panic_on_a_vcpu_thread_fails_the_run() {
         }
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert!(begin.elapsed() < Duration::from_secs(1));
+    assert!(begin.elapsed() < PROMPTLY);
 }
 
 fn open_descriptors() -> usize {
