@@ -23,8 +23,6 @@ mod sb;
 use std::collections::VecDeque;
 use std::io;
 
-use crate::source::SourceRef;
-
 pub use bmap::Extent;
 pub use dir::DirEntry;
 pub use inode::{FileKind, ForkFormat, Inode};
@@ -102,36 +100,6 @@ where
 {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self(offset, buf)
-    }
-}
-
-/// A byte range of a [`crate::Source`] (a partition of an image file) as an [`XfsRead`].
-pub struct SourceRange {
-    source: SourceRef,
-    start: u64,
-    len: u64,
-}
-
-impl SourceRange {
-    pub fn new(source: SourceRef, start: u64, len: u64) -> Self {
-        SourceRange { source, start, len }
-    }
-}
-
-impl XfsRead for SourceRange {
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let inside = u64::try_from(buf.len())
-            .ok()
-            .and_then(|l| offset.checked_add(l))
-            .is_some_and(|end| end <= self.len);
-        let at = self.start.checked_add(offset).filter(|_| inside);
-        let at = at.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("past the volume's end ({} bytes)", self.len),
-            )
-        })?;
-        self.source.read_exact_at(buf, at)
     }
 }
 

@@ -1,10 +1,14 @@
-//! A partition of a [`VirtualDisk`] as ext4-view's storage ([`Ext4Read`]): reads are
-//! relative to the partition's start and may not leave it, so a damaged superblock or
-//! extent tree cannot make ext4-view read a neighbouring partition.
+//! A partition of a [`VirtualDisk`] as the storage of ext4-view ([`Ext4Read`]) and of vdr's
+//! XFS reader ([`XfsRead`]): reads are relative to the partition's start and may not leave
+//! it, so a damaged superblock or extent tree cannot make either read a neighbouring
+//! partition.
 
 use std::sync::Arc;
 
+use std::io;
+
 use ext4_view::Ext4Read;
+use vdr_formats::xfs::XfsRead;
 use vdr_formats::VirtualDisk;
 
 /// A byte range of a disk.
@@ -18,6 +22,31 @@ pub struct PartitionReader {
 impl PartitionReader {
     pub fn new(disk: Arc<dyn VirtualDisk>, start: u64, len: u64) -> Self {
         PartitionReader { disk, start, len }
+    }
+
+    /// Fills `dst` from `start_byte` of the partition.
+    pub fn read_at(&self, start_byte: u64, dst: &mut [u8]) -> Result<(), ReadError> {
+        let len = dst.len();
+        let disk_offset = self.start.saturating_add(start_byte);
+        let inside = u64::try_from(len)
+            .ok()
+            .and_then(|l| start_byte.checked_add(l))
+            .is_some_and(|end| end <= self.len);
+        if !inside {
+            return Err(ReadError::OutOfBounds {
+                offset: start_byte,
+                disk_offset,
+                len,
+                partition_len: self.len,
+            });
+        }
+        self.disk
+            .read_at(dst, disk_offset)
+            .map_err(|source| ReadError::Disk {
+                disk_offset,
+                len,
+                source,
+            })
     }
 }
 
@@ -48,26 +77,15 @@ impl Ext4Read for PartitionReader {
         start_byte: u64,
         dst: &mut [u8],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        let len = dst.len();
-        let disk_offset = self.start.saturating_add(start_byte);
-        let inside = u64::try_from(len)
-            .ok()
-            .and_then(|l| start_byte.checked_add(l))
-            .is_some_and(|end| end <= self.len);
-        if !inside {
-            return Err(Box::new(ReadError::OutOfBounds {
-                offset: start_byte,
-                disk_offset,
-                len,
-                partition_len: self.len,
-            }));
-        }
-        self.disk.read_at(dst, disk_offset).map_err(|source| {
-            Box::new(ReadError::Disk {
-                disk_offset,
-                len,
-                source,
-            }) as _
+        PartitionReader::read_at(self, start_byte, dst).map_err(|e| Box::new(e) as _)
+    }
+}
+
+impl XfsRead for PartitionReader {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_at(offset, buf).map_err(|e| match e {
+            ReadError::OutOfBounds { .. } => io::Error::new(io::ErrorKind::UnexpectedEof, e),
+            ReadError::Disk { .. } => io::Error::other(e),
         })
     }
 }

@@ -11,7 +11,6 @@
 //! kernel search one interface over both readers.
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error};
@@ -178,28 +177,6 @@ impl Fs {
     }
 }
 
-/// Reads of a partition for the XFS reader: relative to its start, never past its end.
-fn xfs_reader(
-    disk: &Arc<dyn VirtualDisk>,
-    volume: Volume,
-) -> impl Fn(u64, &mut [u8]) -> io::Result<()> + Send + Sync + 'static {
-    let disk = Arc::clone(disk);
-    move |offset, buf| {
-        let inside = u64::try_from(buf.len())
-            .ok()
-            .and_then(|l| offset.checked_add(l))
-            .is_some_and(|end| end <= volume.len);
-        let at = volume.start.checked_add(offset).filter(|_| inside);
-        let at = at.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("past the end of {volume} ({} bytes)", volume.len),
-            )
-        })?;
-        disk.read_at(buf, at).map_err(io::Error::other)
-    }
-}
-
 /// Opens every ext2/3/4 and XFS file system of `disk`.
 pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
     let table = read_partitions(disk.as_ref()).map_err(Error::PartitionTable)?;
@@ -254,7 +231,11 @@ pub fn open_volumes(disk: &Arc<dyn VirtualDisk>) -> Result<Volumes, Error> {
             Some("ext2" | "ext3" | "ext4") => {
                 format!("ext2/3/4 that ext4-view cannot open ({ext4_err})")
             }
-            Some("xfs") => match Xfs::open(xfs_reader(disk, volume)) {
+            Some("xfs") => match Xfs::open(PartitionReader::new(
+                Arc::clone(disk),
+                volume.start,
+                volume.len,
+            )) {
                 Ok(fs) => {
                     out.looked_at.push(format!("{volume}: XFS"));
                     out.searched.push(FsVolume {
