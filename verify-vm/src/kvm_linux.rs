@@ -11,11 +11,11 @@
 
 use std::time::Instant;
 
-use crate::backend::{BackendError, BackendKind, BootOutcome, BootSpec, ConsoleLine, LinuxBackend};
+use crate::backend::ConsoleEcho;
+use crate::backend::{BackendError, BackendKind, BootOutcome, BootSpec, LinuxBackend};
 use crate::boot::{self, LinuxImage, Machine, MmioSlot};
 use crate::host::{self, KvmSupport};
 use crate::layout;
-use crate::qemu::ConsoleEcho;
 use crate::virtio::{VirtioBlk, VirtioMmio};
 use crate::vmm::{EntryPoint, Vm, VmConfig};
 
@@ -131,14 +131,8 @@ impl LinuxBackend for KvmBackend {
         if let Some(stop_when) = spec.stop_when.clone() {
             vm.set_stop_when(stop_when);
         }
-        let run_started = Instant::now();
         if let Some(echo) = self.echo.clone() {
-            vm.set_console_echo(Box::new(move |text: &str| {
-                echo(&ConsoleLine {
-                    at: run_started.elapsed(),
-                    text: text.to_string(),
-                })
-            }));
+            vm.set_console_echo(echo);
         }
         let run = vm
             .run(EntryPoint {

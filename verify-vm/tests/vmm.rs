@@ -257,9 +257,11 @@ fn console_echo_streams_each_line() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut vm = Vm::new(&config(Duration::from_secs(5))).unwrap();
     let sink = seen.clone();
-    vm.set_console_echo(Box::new(move |line| {
-        sink.lock().unwrap().push(line.to_string())
-    }));
+    vm.set_console_echo(Arc::new(
+        move |line: &vdr_verify_vm::backend::ConsoleLine| {
+            sink.lock().unwrap().push(line.text.clone())
+        },
+    ));
     load(&vm, HELLO_GUEST);
     vm.run(entry()).unwrap();
     assert_eq!(*seen.lock().unwrap(), ["hello from the guest"]);

@@ -15,7 +15,7 @@ use super::params::Params;
 use super::protocol::parse;
 use super::report::{assemble, millis, HostView, ProbeReport, RunEnd, Timings};
 use super::samples::{choose, expect, SECTOR};
-use crate::backend::{DiskAccess, GuestExit};
+use crate::backend::{ConsoleLine, DiskAccess, GuestExit};
 use crate::layout;
 use crate::virtio::{VirtioBlk, VirtioMmio};
 use crate::vmm::{EntryPoint, Vm, VmConfig};
@@ -130,7 +130,7 @@ pub fn run(disk: Arc<dyn VirtualDisk>, options: &ProbeOptions) -> Result<ProbeRe
     )?;
     if let Some(echo) = &options.echo {
         let echo = echo.clone();
-        vm.set_console_echo(Box::new(move |line| echo(line)));
+        vm.set_console_echo(Arc::new(move |line: &ConsoleLine| echo(&line.text)));
     }
     let vm_setup = setup.elapsed();
 

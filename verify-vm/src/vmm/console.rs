@@ -8,16 +8,13 @@ use std::time::{Duration, Instant};
 
 use vm_superio::{Serial, Trigger};
 
-use crate::backend::{ConsoleLine, StopWhen};
+use crate::backend::{ConsoleEcho, ConsoleLine, StopWhen};
 use crate::devices::{IrqLine, MmioDevice};
 
 /// Longest line kept whole; a longer one is split at this length.
 pub const MAX_LINE_BYTES: usize = 4096;
 /// Total console bytes kept; later output is counted in `dropped_bytes` only.
 pub const MAX_CAPTURED_BYTES: usize = 1 << 20;
-
-/// A live listener for each finished line (the CLI streams the console with it).
-pub type ConsoleEcho = Box<dyn FnMut(&str) + Send>;
 
 /// The captured console of one run.
 pub struct ConsoleLog {
@@ -105,13 +102,13 @@ impl ConsoleLog {
         }
         let text = String::from_utf8_lossy(&self.partial).into_owned();
         self.partial.clear();
-        if let Some(echo) = self.echo.as_mut() {
-            echo(&text);
-        }
         let line = ConsoleLine {
             at: self.partial_at,
             text,
         };
+        if let Some(echo) = &self.echo {
+            echo(&line);
+        }
         if let Some(grace) = self
             .stop_when
             .as_ref()
@@ -249,8 +246,8 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut log = ConsoleLog::default();
         let sink = seen.clone();
-        log.set_echo(Box::new(move |line| {
-            sink.lock().unwrap().push(line.to_string())
+        log.set_echo(Arc::new(move |line: &ConsoleLine| {
+            sink.lock().unwrap().push(line.text.clone())
         }));
         push_str(&mut log, b"hello\nwor");
         assert_eq!(*seen.lock().unwrap(), ["hello"]);

@@ -24,7 +24,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use bus::{AddressSpace, Bus, InsertError};
-pub use console::{ConsoleEcho, MAX_CAPTURED_BYTES, MAX_LINE_BYTES};
+pub use console::{MAX_CAPTURED_BYTES, MAX_LINE_BYTES};
 pub use vcpu::EntryPoint;
 
 use crate::backend::{ConsoleLine, GuestExit};
@@ -226,7 +226,7 @@ impl Vm {
     }
 
     /// Calls `echo` with each console line as the guest finishes it (live streaming).
-    pub fn set_console_echo(&mut self, echo: ConsoleEcho) {
+    pub fn set_console_echo(&mut self, echo: crate::backend::ConsoleEcho) {
         self.console
             .lock()
             .unwrap_or_else(|e| e.into_inner())
