@@ -34,6 +34,7 @@ pub mod boot;
 pub mod devices;
 pub mod guest_kernel;
 pub mod host;
+mod kernel_version;
 pub mod kvm_linux;
 pub mod layout;
 pub mod probe;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::Error;
+use crate::kernel_version::{compare_versions, kernel_version};
 
 /// Environment variable naming the directory `scripts/guest-kernel` unpacks into.
 pub const GUEST_KERNEL_DIR_ENV: &str = "VDR_GUEST_KERNEL_DIR";
@@ -49,8 +50,8 @@ pub fn find_kernel_in(
     for root in [host_root, package_dir] {
         let boot = root.join("boot");
         let mut kernels = vmlinuz_files(&boot);
-        // newest version first: "6.1.0-56" sorts after "6.1.0-9" by numeric runs
-        kernels.sort_by_key(|(_, version)| std::cmp::Reverse(version_key(version)));
+        // newest version first: "6.1.0-56" sorts after "6.1.0-9"
+        kernels.sort_by(|(_, a), (_, b)| compare_versions(b, a));
         if kernels.is_empty() {
             tried.push(format!("{}/vmlinuz-* (none)", boot.display()));
         }
@@ -114,19 +115,7 @@ fn vmlinuz_files(boot: &Path) -> Vec<(PathBuf, String)> {
 }
 
 fn version_from_name(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let version = name.strip_prefix("vmlinuz-")?;
-    (!version.is_empty()).then(|| version.to_string())
-}
-
-/// Orders versions by their numeric runs ("6.1.0-56" > "6.1.0-9"), then by text.
-fn version_key(version: &str) -> (Vec<u64>, String) {
-    let numbers = version
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|run| !run.is_empty())
-        .map(|run| run.parse::<u64>().unwrap_or(u64::MAX))
-        .collect();
-    (numbers, version.to_string())
+    kernel_version(path.file_name()?.to_str()?).map(str::to_string)
 }
 
 /// The version string of a bzImage: the setup header's `kernel_version` (offset 0x20E) is

@@ -8,8 +8,8 @@
 //! `options $kernelopts` and keeps the value in grubenv, which is substituted here.
 
 use super::cmdline::first_grub_linux;
-use super::version::{compare_versions, kernel_version};
 use super::volumes::FsVolume;
+use crate::kernel_version::{compare_versions, kernel_version};
 
 /// Where grub.cfg lives: on the root fs, or at the top of a separate /boot.
 const GRUB_CFG_PATHS: &[&str] = &[

@@ -11,9 +11,9 @@
 use serde::Serialize;
 
 use super::boot_entry::{find_boot_entry, BootEntry};
-use super::version::{compare_versions, initrd_names, kernel_version};
 use super::volumes::{Fs, FsVolume, Volume, Volumes};
 use super::Error;
+use crate::kernel_version::{compare_versions, initrd_names, kernel_version};
 
 /// Directories searched for kernels.
 const KERNEL_DIRS: &[&str] = &["/boot", "/"];

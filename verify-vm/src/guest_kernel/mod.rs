@@ -16,7 +16,6 @@ mod cmdline;
 mod locate;
 mod reader;
 pub mod timeline;
-mod version;
 mod volumes;
 
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,6 @@
 //! Kernel file names and versions: which names in /boot are kernels and initrds, and which
-//! kernel version is the newest.
+//! kernel version is the newest — for the image's /boot (guest-kernel mode) and the host's
+//! (the appliance's kernel) alike.
 //!
 //! Names follow the distributions' install scripts: Debian/Ubuntu `vmlinuz-<ver>` with
 //! `initrd.img-<ver>` (initramfs-tools), Fedora/RHEL/Arch-style dracut `initramfs-<ver>.img`,
