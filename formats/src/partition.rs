@@ -59,6 +59,9 @@ pub struct Partition {
     pub description: String,
     /// GPT partition name (empty for MBR).
     pub name: String,
+    /// The PARTUUID Linux gives it: the GPT entry's unique GUID in lower case, or
+    /// `<MBR disk signature>-<index>` in hex; None when the GUID or signature is zero.
+    pub uuid: Option<String>,
 }
 
 /// The partitions found and how.
@@ -137,12 +140,19 @@ pub fn read_partitions(disk: &dyn VirtualDisk) -> Result<Option<PartitionTable>,
                 type_id: format!("{:#04x}", entry.kind),
                 description: mbr_type_name(entry.kind).into(),
                 name: String::new(),
+                uuid: None,
             },
             &mut partitions,
             &mut findings,
         );
     }
     partitions.sort_by_key(|p| p.index);
+    let signature = u32_le(sector0, 440);
+    if signature != 0 {
+        for partition in &mut partitions {
+            partition.uuid = Some(format!("{signature:08x}-{:02x}", partition.index));
+        }
+    }
     Ok(Some(PartitionTable {
         scheme: Scheme::Mbr,
         sector_size: 512,
@@ -217,6 +227,7 @@ fn read_logical(
                     type_id: format!("{:#04x}", logical.kind),
                     description: mbr_type_name(logical.kind).into(),
                     name: String::new(),
+                    uuid: None,
                 },
                 out,
                 findings,
@@ -339,6 +350,9 @@ fn read_gpt(
                     description: gpt_type_name(&type_id).into(),
                     type_id,
                     name: utf16_name(&entry[56..128]),
+                    uuid: Some(&entry[16..32])
+                        .filter(|guid| guid.iter().any(|&b| b != 0))
+                        .map(|guid| guid_string(guid).to_lowercase()),
                 },
                 &mut partitions,
                 findings,

@@ -37,7 +37,9 @@ fn gpt_disk(ss: usize, sectors: u64, first: u64, last: u64) -> Vec<u8> {
     mbr_entry(&mut b, 0, 0, MBR_PROTECTIVE, 1, (sectors - 1) as u32);
     let mut entries = vec![0u8; 128 * 128];
     entries[..16].copy_from_slice(&LINUX_BYTES);
-    entries[16] = 1;
+    for (i, byte) in entries[16..32].iter_mut().enumerate() {
+        *byte = i as u8; // the unique GUID: bytes 00..0f
+    }
     put_u64(&mut entries, 32, first);
     put_u64(&mut entries, 40, last);
     for (i, c) in "root".encode_utf16().enumerate() {
@@ -83,6 +85,9 @@ fn primary_gpt_is_read() {
             type_id: LINUX.into(),
             description: "Linux filesystem".into(),
             name: "root".into(),
+            // the GUID's first three fields are little-endian on disk; Linux prints the
+            // PARTUUID in lower case
+            uuid: Some("03020100-0504-0706-0809-0a0b0c0d0e0f".into()),
         }]
     );
     assert!(table.findings.is_empty(), "{:?}", table.findings);
@@ -215,4 +220,29 @@ fn a_whole_disk_ntfs_or_fat_boot_sector_is_not_an_mbr() {
         .expect("reads")
         .expect("a table");
     assert_eq!(table.partitions.len(), 1);
+}
+
+#[test]
+fn mbr_partuuids_are_the_disk_signature_and_the_index() {
+    let mut b = vec![0u8; 512 * 400];
+    mbr_entry(&mut b, 0, 0, 0x83, 2, 50);
+    mbr_entry(&mut b, 0, 1, 0x05, 100, 300);
+    mbr_entry(&mut b, 100 * 512, 0, 0x83, 2, 20);
+    put_u32(&mut b, 440, 0x1234_abcd);
+    let table = read_partitions(&disk(b.clone()))
+        .expect("reads")
+        .expect("a table");
+    let uuids: Vec<Option<&str>> = table.partitions.iter().map(|p| p.uuid.as_deref()).collect();
+    assert_eq!(
+        uuids,
+        [
+            Some("1234abcd-01"),
+            Some("1234abcd-02"),
+            Some("1234abcd-05")
+        ]
+    );
+
+    put_u32(&mut b, 440, 0);
+    let table = read_partitions(&disk(b)).expect("reads").expect("a table");
+    assert!(table.partitions.iter().all(|p| p.uuid.is_none()));
 }

@@ -83,6 +83,42 @@ fn sfdisk_listing(disk: &Path) -> Vec<(u32, u64, u64, String)> {
         .collect()
 }
 
+/// The PARTUUIDs sfdisk gives (GPT: each entry's "uuid"; MBR: the label "id" and the
+/// partition number, as Linux forms them), in lower case.
+fn sfdisk_partuuids(disk: &Path) -> Vec<Option<String>> {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .expect("sfdisk --json");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let table = &json["partitiontable"];
+    let id = table["id"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("0x")
+        .to_lowercase();
+    let listing = sfdisk_listing(disk);
+    table["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .zip(listing)
+        .map(|(p, (index, ..))| match p["uuid"].as_str() {
+            Some(uuid) => Some(uuid.to_lowercase()),
+            None => Some(format!("{id}-{index:02x}")),
+        })
+        .collect()
+}
+
+fn our_partuuids(disk: &Path) -> Vec<Option<String>> {
+    let source = Arc::new(FileSource::open(disk).expect("open"));
+    let table = read_partitions(&RawDisk::new(source))
+        .expect("reads")
+        .expect("a table");
+    table.partitions.into_iter().map(|p| p.uuid).collect()
+}
+
 fn ours(disk: &Path) -> (Scheme, Vec<(u32, u64, u64, String)>) {
     let source = Arc::new(FileSource::open(disk).expect("open"));
     let table = read_partitions(&RawDisk::new(source))
@@ -118,6 +154,7 @@ fn sfdisk_gpt_matches_and_backup_replaces_a_zeroed_primary() {
     let want = sfdisk_listing(&disk);
     assert_eq!(want.len(), 3);
     assert_eq!(ours(&disk), (Scheme::GptPrimary, want.clone()));
+    assert_eq!(our_partuuids(&disk), sfdisk_partuuids(&disk));
 
     let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 512], 512).unwrap();
@@ -140,4 +177,5 @@ fn sfdisk_mbr_with_logical_partitions_matches() {
     let want = sfdisk_listing(&disk);
     assert_eq!(want.len(), 4, "{want:?}");
     assert_eq!(ours(&disk), (Scheme::Mbr, want));
+    assert_eq!(our_partuuids(&disk), sfdisk_partuuids(&disk));
 }

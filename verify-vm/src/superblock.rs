@@ -34,7 +34,7 @@ pub fn probe(head: &[u8]) -> Option<Probed> {
         .or_else(|| probe_luks(head))
 }
 
-pub(crate) fn bytes(head: &[u8], at: usize, len: usize) -> Option<&[u8]> {
+fn bytes(head: &[u8], at: usize, len: usize) -> Option<&[u8]> {
     head.get(at..at.checked_add(len)?)
 }
 
@@ -42,7 +42,7 @@ fn le_u16(head: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(bytes(head, at, 2)?.try_into().ok()?))
 }
 
-pub(crate) fn le_u32(head: &[u8], at: usize) -> Option<u32> {
+fn le_u32(head: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes(head, at, 4)?.try_into().ok()?))
 }
 

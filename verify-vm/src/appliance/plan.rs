@@ -7,11 +7,11 @@
 //! are the GPT unique GUID or the MBR `<disk signature>-<nn>`, the names Linux gives them.
 
 use serde::Serialize;
-use vdr_formats::partition::{read_partitions, Scheme};
+use vdr_formats::partition::read_partitions;
 use vdr_formats::VirtualDisk;
 
 use super::Error;
-use crate::superblock::{bytes, le_u32, probe, PROBE_BYTES};
+use crate::superblock::{probe, PROBE_BYTES};
 
 /// The guest's name for the virtio disk (the only one the appliance has).
 pub const DISK_DEVICE: &str = "vda";
@@ -67,7 +67,6 @@ impl Plan {
             });
         };
         let mut findings = table.findings.clone();
-        let partuuids = PartUuids::read(disk, table.scheme, table.sector_size);
         let mut entries = Vec::new();
         for partition in table.partitions.iter() {
             if entries.len() == MAX_PLANNED {
@@ -84,7 +83,7 @@ impl Plan {
                 fs: None,
                 uuid: None,
                 label: None,
-                partuuid: partuuids.of(partition.index),
+                partuuid: partition.uuid.clone(),
                 partlabel: Some(partition.name.clone()).filter(|n| !n.is_empty()),
             };
             probe_into(disk, &mut entry);
@@ -159,95 +158,6 @@ fn probe_into(disk: &dyn VirtualDisk, entry: &mut PlanEntry) {
         entry.uuid = found.uuid;
         entry.label = found.label;
     }
-}
-
-/// The PARTUUIDs of a table's partitions.
-struct PartUuids {
-    /// GPT: the entry array's unique GUIDs by 1-based index.
-    gpt: Vec<Option<String>>,
-    /// MBR: the disk signature.
-    mbr_signature: Option<u32>,
-}
-
-/// Most GPT entries whose GUIDs are read (the partition reader's own limit).
-const MAX_GPT_ENTRIES: u64 = 4096;
-
-impl PartUuids {
-    fn read(disk: &dyn VirtualDisk, scheme: Scheme, sector: u64) -> PartUuids {
-        let mut uuids = PartUuids {
-            gpt: Vec::new(),
-            mbr_signature: None,
-        };
-        match scheme {
-            Scheme::Mbr => {
-                let mut mbr = [0u8; 512];
-                if disk.read_at(&mut mbr, 0).is_ok() {
-                    uuids.mbr_signature = le_u32(&mbr, 440).filter(|&s| s != 0);
-                }
-            }
-            Scheme::GptPrimary | Scheme::GptBackup => {
-                let header_lba = match scheme {
-                    Scheme::GptPrimary => Some(1),
-                    _ => (disk.size() / sector).checked_sub(1),
-                };
-                if let Some(lba) = header_lba {
-                    uuids.gpt = read_gpt_guids(disk, lba, sector).unwrap_or_default();
-                }
-            }
-        }
-        uuids
-    }
-
-    fn of(&self, index: u32) -> Option<String> {
-        if let Some(signature) = self.mbr_signature {
-            return Some(format!("{signature:08x}-{index:02x}"));
-        }
-        let slot = usize::try_from(index).ok()?.checked_sub(1)?;
-        self.gpt.get(slot).cloned().flatten()
-    }
-}
-
-/// The unique partition GUIDs of the GPT whose header is at `lba` (UEFI 2.10 §5.3.2/3:
-/// entries at the header's PartitionEntryLBA, the unique GUID at byte 16 of an entry).
-fn read_gpt_guids(disk: &dyn VirtualDisk, lba: u64, sector: u64) -> Option<Vec<Option<String>>> {
-    let mut header = [0u8; 92];
-    disk.read_at(&mut header, lba.checked_mul(sector)?).ok()?;
-    if header.get(..8)? != b"EFI PART" {
-        return None;
-    }
-    let entries_lba = u64::from_le_bytes(header.get(72..80)?.try_into().ok()?);
-    let count = u64::from(le_u32(&header, 80)?).min(MAX_GPT_ENTRIES);
-    let entry_size = u64::from(le_u32(&header, 84)?);
-    if !(128..=4096).contains(&entry_size) {
-        return None;
-    }
-    let mut array = vec![0u8; usize::try_from(count.checked_mul(entry_size)?).ok()?];
-    disk.read_at(&mut array, entries_lba.checked_mul(sector)?)
-        .ok()?;
-    let size = usize::try_from(entry_size).ok()?;
-    Some(
-        array
-            .chunks_exact(size)
-            .map(|entry| guid_at(entry, 16))
-            .collect(),
-    )
-}
-
-/// A GUID in the UEFI mixed-endian layout, lower case as Linux prints PARTUUIDs.
-fn guid_at(raw: &[u8], at: usize) -> Option<String> {
-    let g = bytes(raw, at, 16)?;
-    if g.iter().all(|&b| b == 0) {
-        return None;
-    }
-    let d1 = u32::from_le_bytes(g.get(0..4)?.try_into().ok()?);
-    let d2 = u16::from_le_bytes(g.get(4..6)?.try_into().ok()?);
-    let d3 = u16::from_le_bytes(g.get(6..8)?.try_into().ok()?);
-    let tail: String = g.get(8..16)?.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!(
-        "{d1:08x}-{d2:04x}-{d3:04x}-{}-{}",
-        tail.get(0..4)?,
-        tail.get(4..16)?
-    ))
 }
 
 #[cfg(test)]

@@ -36,12 +36,3 @@ fn guest_plan_text_uses_dashes_and_safe_labels() {
     );
     assert_eq!(plan.filesystems(), ["ext4"]);
 }
-
-#[test]
-fn gpt_guid_is_mixed_endian_lower_case() {
-    let raw: Vec<u8> = (0u8..16).collect();
-    assert_eq!(
-        guid_at(&raw, 0).unwrap(),
-        "03020100-0504-0706-0809-0a0b0c0d0e0f"
-    );
-}

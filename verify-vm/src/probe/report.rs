@@ -434,6 +434,7 @@ mod tests {
                 type_id: "0x83".into(),
                 description: String::new(),
                 name: String::new(),
+                uuid: None,
             }],
             findings: Vec::new(),
         }

@@ -141,6 +141,7 @@ mod tests {
                     type_id: String::new(),
                     description: String::new(),
                     name: String::new(),
+                    uuid: None,
                 })
                 .collect(),
             findings: Vec::new(),
