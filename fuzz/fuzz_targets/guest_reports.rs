@@ -105,6 +105,7 @@ fn probe(console: &[ConsoleLine]) {
         type_id: "0FC63DAF-8483-4772-8E79-3D69D8477DE4".into(),
         description: "Linux filesystem".into(),
         name: "root".into(),
+        uuid: None,
     };
     let table = PartitionTable {
         scheme: Scheme::GptPrimary,
