@@ -8,8 +8,9 @@
 //! (research/vmfs.md §8). Listing walks the allocation map, so the name hash is not
 //! needed to read.
 
-use super::bytes::{cstr_at, u16_at, u32_at};
+use super::bytes::{cstr_at, u32_at};
 use super::fd::FileDescriptor;
+use super::remnant::{v6_slot_count, v6_slot_entry};
 use super::volume::Volume;
 use super::Error;
 
@@ -46,7 +47,7 @@ impl Volume {
             ));
         }
         let mut entries = if self.fs.is_vmfs6() {
-            self.read_dir_v6(dir)?
+            self.read_dir_v6_slots(dir, false)?
         } else {
             self.read_dir_v5(dir)?
         };
@@ -77,7 +78,13 @@ impl Volume {
             .collect())
     }
 
-    fn read_dir_v6(&self, dir: &FileDescriptor) -> Result<Vec<DirEntry>, Error> {
+    /// The entries of a VMFS6 directory's allocated slots, or with `freed` the remnants
+    /// in its freed slots.
+    pub(super) fn read_dir_v6_slots(
+        &self,
+        dir: &FileDescriptor,
+        freed: bool,
+    ) -> Result<Vec<DirEntry>, Error> {
         let bad = |what: String| Error::bad(&self.name, dir.lv_offset, "VMFS6 directory", what);
         let header = self.read_all(dir, 0, V6_HEADER_BLOCK.min(dir.length))?;
         let version = u32_at(&header, 0);
@@ -114,22 +121,15 @@ impl Volume {
                     continue;
                 }
                 let b = self.read_all(dir, at, md)?;
-                let slots =
-                    (u16_at(&b, 4) as usize).min((md as usize - V6_BLOCK_HEADER) / V6_ENTRY);
+                let slots = v6_slot_count(&b).min((md as usize - V6_BLOCK_HEADER) / V6_ENTRY);
                 for s in 0..slots {
                     let free = b
                         .get(8 + s / 8)
                         .is_none_or(|byte| (byte >> (s % 8)) & 1 == 1);
-                    if free {
+                    if free != freed {
                         continue;
                     }
-                    let e = &b[V6_BLOCK_HEADER + s * V6_ENTRY..];
-                    out.push(DirEntry {
-                        entry_type: u32_at(e, 0),
-                        fd_address: u32_at(e, 4),
-                        generation: u32_at(e, 8),
-                        name: cstr_at(e, 0x18, 256),
-                    });
+                    out.push(v6_slot_entry(&b[V6_BLOCK_HEADER + s * V6_ENTRY..]));
                 }
             }
         }

@@ -58,7 +58,7 @@ impl Volume {
 
     /// Decodes a block-array or pointer-block entry as this volume's version writes them
     /// (VMFS3/5 entries are 32 bits; anything wider there is damage).
-    fn decode(&self, raw: u64) -> Addr {
+    pub(super) fn decode(&self, raw: u64) -> Addr {
         if self.fs.is_vmfs6() {
             return Addr::decode64(raw);
         }
@@ -69,7 +69,7 @@ impl Volume {
     }
 
     /// Reads the pointer block at `addr` (cached).
-    fn pointer_block(&self, addr: u64, depth: u32) -> Result<Arc<Vec<u8>>, String> {
+    pub(super) fn pointer_block(&self, addr: u64, depth: u32) -> Result<Arc<Vec<u8>>, String> {
         if let Some(pb) = self
             .pb_cache
             .lock()
@@ -106,7 +106,7 @@ impl Volume {
         Ok(pb)
     }
 
-    fn pointer(&self, pb: &[u8], index: u64) -> u64 {
+    pub(super) fn pointer(&self, pb: &[u8], index: u64) -> u64 {
         let i = index as usize;
         if self.fs.is_vmfs6() {
             super::bytes::u64_at(pb, i * 8)

@@ -5,7 +5,7 @@
 //! their snapshot chains open in place.
 //!
 //! What it is not for: writing (never), journals (no open implementation understands
-//! them; live heartbeats are reported instead), recovery of deleted files (vdr-recover).
+//! them; live heartbeats are reported instead), recovery of deleted files (vdr-recover; `remnant` only reads what deletion leaves).
 //!
 //! No VMware documentation exists: every layout fact comes from the open readers
 //! (vmfs-tools, vmfs6-tools, dissect.vmfs) and the ESXi-made samples, as collected in
@@ -20,6 +20,7 @@ mod fd;
 mod file;
 mod fs;
 mod lvm;
+mod remnant;
 mod resource;
 mod salvage;
 mod volume;
@@ -36,6 +37,7 @@ pub use fd::{DiskLock, FileDescriptor, FileType};
 pub use file::{Piece, PieceKind, VmfsFile};
 pub use fs::FsInfo;
 pub use lvm::{DeviceHeader, LogicalVolume, PhysicalExtent};
+pub use remnant::{PointerBlockUse, MAX_FD_SLOTS};
 pub use volume::{Device, Located, Volume, ROOT_FD, SYSTEM_FILES};
 
 use crate::disk::{Finding, ParseMode, Severity};
