@@ -233,6 +233,10 @@ pub struct LsArgs {
     /// List every entry under PATH, depth first.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// List the deleted and orphaned files under PATH instead of the live entries
+    /// (every FD slot is read; `--json` gives recovery's full record of each).
+    #[arg(long)]
+    pub deleted: bool,
     /// Print a JSON array of entries (docs/CLI.md).
     #[arg(long)]
     pub json: bool,
@@ -312,6 +316,10 @@ pub struct MountArgs {
     /// Another device of a spanned VMFS datastore (repeatable); implies --vmfs.
     #[arg(long, value_name = "PATH")]
     pub extent: Vec<PathBuf>,
+    /// Datastores: add `.recovered/` with the deleted and orphaned files recovery
+    /// finds (and `NAME.raw` beside each lost VMDK).
+    #[arg(long)]
+    pub deleted: bool,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub threads: usize,

@@ -25,6 +25,29 @@ impl Progress {
         Progress { bar: Some(bar) }
     }
 
+    /// A bar counting items (FD slots, files) with `what` beside it, shown like
+    /// [`Progress::new`]; the total is set with [`Progress::set_total`].
+    pub fn counting(json: bool, what: &str) -> Progress {
+        if json || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        Progress { bar: Some(bar) }
+    }
+
+    /// Changes the total.
+    pub fn set_total(&self, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+        }
+    }
+
     /// Records that `done` bytes of the total are done.
     pub fn set(&self, done: u64) {
         if let Some(bar) = &self.bar {

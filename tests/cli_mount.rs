@@ -589,3 +589,73 @@ fn datastore_mounts_as_its_tree_with_flat_views() {
     drop(mount);
     assert_eq!(sha256_file(&img), before);
 }
+
+#[test]
+fn deleted_files_appear_under_recovered_with_eio_where_reused() {
+    use vdr_fixtures::vmfs::{build, deletion_spec, pattern_fill, Version};
+    use vdr_fixtures::vmfs_damage::{apply, VmfsDamage};
+    if let Some(why) = fuse_missing() {
+        println!("SKIP: {why}");
+        return;
+    }
+    for version in [Version::V5, Version::V6] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let img = d.join("ds.img");
+        let m = build(&deletion_spec(version), &img).unwrap();
+        let damage = VmfsDamage::BlockReused {
+            deleted: "/thin-gone.bin".into(),
+            live: "/keep.bin".into(),
+        };
+        apply(&img, &m, &damage).unwrap();
+        let before = sha256_file(&img);
+
+        // Without --deleted the tree is the live one.
+        let plain = Mount::new(&img, &d.join("plain"), &[]);
+        assert!(!plain.path(".recovered").exists());
+        drop(plain);
+
+        let mount = Mount::new(&img, &d.join("mnt"), &["--deleted"]);
+        let rec = |p: &str| mount.path(&format!(".recovered/{p}"));
+        for path in ["/vm2/vm2-flat.vmdk", "/vm2/vm2.vmdk", "/notes.txt"] {
+            let e = m.entry(path).unwrap();
+            assert_eq!(
+                sha256_file(&rec(&format!("deleted{path}"))),
+                e.sha256,
+                "{version:?} {path}"
+            );
+        }
+        // The deleted VM's disk, through its deleted descriptor and deleted extent.
+        let flat = std::fs::read(rec("deleted/vm2/vm2-flat.vmdk")).unwrap();
+        let raw = std::fs::read(rec("deleted/vm2/vm2.raw")).unwrap();
+        assert!(
+            raw == flat,
+            "{version:?}: vm2.raw is the deleted extent's bytes"
+        );
+        // The reused block: EIO there, the file's own bytes elsewhere.
+        let thin = File::open(rec("deleted/thin-gone.bin")).unwrap();
+        let err = thin.read_exact_at(&mut [0u8; 4096], 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{version:?} {err}");
+        let mut got = vec![0u8; 4096];
+        thin.read_exact_at(&mut got, 3 << 20).unwrap();
+        let mut want = vec![0u8; 4096];
+        pattern_fill(24, 3 << 20, &mut want);
+        assert!(
+            got == want,
+            "{version:?}: block 3 is the deleted file's own"
+        );
+        drop(thin);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rec("report.json")).unwrap()).unwrap();
+        assert_eq!(report["files"].as_array().map(|a| a.len()), Some(4));
+        // The live tree is still there beside it.
+        let keep = m.entry("/keep.bin").unwrap();
+        assert_eq!(sha256_file(&mount.path("keep.bin")), keep.sha256);
+        drop(mount);
+        assert_eq!(
+            sha256_file(&img),
+            before,
+            "{version:?}: the image is unchanged"
+        );
+    }
+}

@@ -520,3 +520,95 @@ per_version! {
     directory_loop_is_refused_strict_and_cut_with_salvage => directory_loop;
     impossible_file_size_is_refused_strict_and_cut_with_salvage => impossible_file_size;
 }
+
+// ---- deleted and orphaned files -------------------------------------------------------
+
+fn ls_deleted_lists_what_recovery_finds(version: Version) {
+    use vdr_fixtures::vmfs::deletion_spec;
+    use vdr_fixtures::vmfs_damage::{apply, VmfsDamage};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ds.img");
+    let m = build(&deletion_spec(version), &img).unwrap();
+    apply(
+        &img,
+        &m,
+        &VmfsDamage::UnlinkedEntry {
+            path: "/keep.bin".into(),
+        },
+    )
+    .unwrap();
+    let before = sha256(&img);
+
+    let listing = json(&[os("ls"), img.as_os_str(), os("--deleted"), os("--json")]);
+    let files = listing.as_array().expect("array");
+    let mut got: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let keep = m.entry("/keep.bin").unwrap();
+    let orphan = got
+        .iter()
+        .find(|(_, s)| s == "orphaned")
+        .expect("the unlinked file is an orphan")
+        .0
+        .clone();
+    assert!(orphan.starts_with("orphaned/"), "{orphan}");
+    let mut want: Vec<(String, String)> = m
+        .entries
+        .iter()
+        .filter(|e| e.deleted)
+        .map(|e| (format!("deleted{}", e.path), "deleted".to_string()))
+        .chain([(orphan.clone(), "orphaned".to_string())])
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    for f in files {
+        let fd = f["fd_address"].as_u64().unwrap() as u32;
+        let e = m
+            .entries
+            .iter()
+            .find(|e| e.fd_address == fd)
+            .expect("a manifest entry");
+        assert_eq!(f["size"].as_u64(), Some(e.size), "{f}");
+        assert_eq!(f["recoverable_bytes"].as_u64(), Some(e.size), "{f}");
+        assert_eq!(f["unreadable"].as_array().map(|a| a.len()), Some(0));
+        if e.fd_address == keep.fd_address {
+            assert_eq!(f["fd_bitmap_free"], Value::Bool(false));
+        } else {
+            assert_eq!(f["original_path"].as_str(), Some(e.path.as_str()), "{f}");
+        }
+    }
+
+    // Text, limited to a directory: the names with their original paths.
+    let out = vdr()
+        .args([os("ls"), img.as_os_str(), os("/vm2"), os("--deleted")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "deleted/vm2/vm2-flat.vmdk (/vm2/vm2-flat.vmdk)",
+            "deleted/vm2/vm2.vmdk (/vm2/vm2.vmdk)"
+        ]
+    );
+    let long = vdr()
+        .args([os("ls"), img.as_os_str(), os("--deleted"), os("-l")])
+        .output()
+        .unwrap();
+    let long = String::from_utf8(long.stdout).unwrap();
+    assert!(long.starts_with("STATUS"), "{long}");
+    assert!(long.contains("orphaned file"), "{long}");
+    assert_eq!(sha256(&img), before, "the image is unchanged");
+}
+
+per_version! {
+    ls_deleted_lists_deleted_and_orphaned_files => ls_deleted_lists_what_recovery_finds;
+}

@@ -731,6 +731,9 @@ impl Source for RecoveredFile {
 pub struct RecoveredFileSystem {
     volume: Arc<Volume>,
     by_path: HashMap<String, LostFile>,
+    /// Lost files by name, for names that only one lost file has (a descriptor whose
+    /// own name was lost still finds its extent by the name it records).
+    by_name: HashMap<String, LostFile>,
 }
 
 impl RecoveredFileSystem {
@@ -746,14 +749,44 @@ impl RecoveredFileSystem {
                 }
             }
         }
-        RecoveredFileSystem { volume, by_path }
+        let mut by_name: HashMap<String, Option<LostFile>> = HashMap::new();
+        for f in report.files.iter().filter(|f| f.kind == "file") {
+            if let Some(name) = &f.name {
+                by_name
+                    .entry(name.clone())
+                    .and_modify(|v| *v = None)
+                    .or_insert_with(|| Some(f.clone()));
+            }
+        }
+        let by_name = by_name
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        RecoveredFileSystem {
+            volume,
+            by_path,
+            by_name,
+        }
+    }
+
+    /// The lost file at `path`: by original path, else (when the volume has nothing
+    /// there) by its name alone if only one lost file has it.
+    fn find(&self, path: &str) -> Option<&LostFile> {
+        if let Some(f) = self.by_path.get(path) {
+            return Some(f);
+        }
+        if self.volume.lookup(path).is_ok() {
+            return None;
+        }
+        let name = path.rsplit('/').next()?;
+        self.by_name.get(name)
     }
 }
 
 impl FileSystem for RecoveredFileSystem {
     fn open(&self, path: &Path) -> io::Result<SourceRef> {
         let p = normalise(&path.to_string_lossy());
-        if let Some(f) = self.by_path.get(&p) {
+        if let Some(f) = self.find(&p) {
             return Ok(Arc::new(f.open(&self.volume)));
         }
         vmfs::VolumeFileSystem(self.volume.clone()).open(path)
@@ -761,8 +794,8 @@ impl FileSystem for RecoveredFileSystem {
 
     fn identity(&self, path: &Path) -> String {
         let p = normalise(&path.to_string_lossy());
-        if self.by_path.contains_key(&p) {
-            format!("{}::.recovered:{p}", self.volume.name())
+        if let Some(f) = self.find(&p) {
+            format!("{}::.recovered/{}", self.volume.name(), f.path)
         } else {
             format!("{}::{p}", self.volume.name())
         }

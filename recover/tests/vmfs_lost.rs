@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use vdr_fixtures::vmfs::{build, deletion_spec, feature_spec, Manifest, Version};
-use vdr_formats::source::{FileSource, Source, SourceRef};
+use vdr_fixtures::vmfs_damage::{apply, VmfsDamage};
+use vdr_formats::source::{FileSource, Source, SourceRef, SourceRun};
 use vdr_formats::{vmfs, ParseMode};
 use vdr_recover::{find_lost, LostFile, LostReport, LostStatus};
 
@@ -108,32 +109,11 @@ fn names_come_back_where_the_directories_keep_them(version: Version) {
 
 fn a_block_reused_by_a_live_file_is_unreadable_not_its_bytes(version: Version) {
     let (_d, img, m) = built(version);
-    // Point the deleted thin file's first block at /keep.bin's first block, as if the
-    // block had been given to keep.bin after the delete.
-    let gone = m.entry("/thin-gone.bin").unwrap();
-    let keep = m.entry("/keep.bin").unwrap();
-    let (_v, before) = lost(&img);
-    let thin_before = by_fd(&before, &m, "/thin-gone.bin");
-    assert!(thin_before.unreadable.is_empty());
-    let volume = open(&img);
-    let keep_fd = volume.fd(keep.fd_address).unwrap();
-    let (array_at, width) = if version == Version::V6 {
-        let fd_size = volume.fs().fd_size();
-        let md = volume.fs().md_block;
-        let array_len = if md <= 0x1000 { 2560 } else { md / 2 };
-        (fd_size - array_len, 8)
-    } else {
-        (0x400, 4)
+    let damage = VmfsDamage::BlockReused {
+        deleted: "/thin-gone.bin".into(),
+        live: "/keep.bin".into(),
     };
-    drop(volume);
-    let raw = keep_fd.blocks[0];
-    let mut image = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    use std::io::{Seek, SeekFrom, Write};
-    image
-        .seek(SeekFrom::Start(gone.fd_offset + array_at))
-        .unwrap();
-    image.write_all(&raw.to_le_bytes()[..width]).unwrap();
-    drop(image);
+    apply(&img, &m, &damage).unwrap();
 
     let (volume, report) = lost(&img);
     let f = by_fd(&report, &m, "/thin-gone.bin");
@@ -150,24 +130,17 @@ fn a_block_reused_by_a_live_file_is_unreadable_not_its_bytes(version: Version) {
     src.read_exact_at(&mut buf, 3 << 20).unwrap();
     let runs = src.layout(0, f.size).unwrap();
     assert!(
-        matches!(&runs[0], vdr_formats::source::SourceRun::Unreadable(len, _) if *len == 1 << 20),
+        matches!(&runs[0], SourceRun::Unreadable(len, _) if *len == 1 << 20),
         "{runs:?}"
     );
 }
 
 fn a_cleared_map_makes_holes_unreadable(version: Version) {
     let (_d, img, m) = built(version);
-    // Clear the deleted flat extent's first pointer (a delete that zeroes pointers):
-    // its FD still counts 4 blocks, so no hole of it can be trusted as zeros.
-    let gone = m.entry("/vm2/vm2-flat.vmdk").unwrap();
-    assert!(!gone.pointer_blocks.is_empty());
-    let pb = gone.pointer_blocks[0];
-    let width = if version == Version::V6 { 8 } else { 4 };
-    let mut image = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    use std::io::{Seek, SeekFrom, Write};
-    image.seek(SeekFrom::Start(pb)).unwrap();
-    image.write_all(&vec![0u8; width]).unwrap();
-    drop(image);
+    let damage = VmfsDamage::ClearedPointer {
+        path: "/vm2/vm2-flat.vmdk".into(),
+    };
+    apply(&img, &m, &damage).unwrap();
 
     let (_volume, report) = lost(&img);
     let f = by_fd(&report, &m, "/vm2/vm2-flat.vmdk");
@@ -181,42 +154,23 @@ fn a_cleared_map_makes_holes_unreadable(version: Version) {
 }
 
 fn an_unlinked_fd_in_use_is_orphaned(version: Version) {
-    // The feature volume's deleted file is freed; a live file whose directory entry is
-    // wiped (its FD still in use) is an orphan.
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("ds.img");
     let m = build(&feature_spec(version), &img).unwrap();
     let (_v, report) = lost(&img);
-    assert_eq!(report.files.len(), 1, "{report:#?}");
+    assert_eq!(
+        report.files.len(),
+        1,
+        "the feature volume's one deleted file: {report:#?}"
+    );
     assert_eq!(report.files[0].status, LostStatus::Deleted);
 
-    // Wipe /fb.bin's directory entry by renaming it into a hole: zero its FD address
-    // in the root directory's data (VMFS5: the entry's u32 at +4; VMFS6: same offset
-    // in a 0x120-byte slot).
-    let e = m.entry("/fb.bin").unwrap();
-    let volume = open(&img);
-    let root = volume.root().unwrap();
-    let file = vmfs::VmfsFile::new(volume.clone(), root.clone(), "/");
-    let mut data = vec![0u8; root.length as usize];
-    file.read_exact_at(&mut data, 0).unwrap();
-    let needle = e.fd_address.to_le_bytes();
-    let at = data
-        .windows(4)
-        .position(|w| w == needle)
-        .expect("the root names /fb.bin's FD");
-    let lv = match file.map(at as u64, 4).unwrap()[0].kind {
-        vmfs::PieceKind::Data(lv) => lv,
-        ref k => panic!("{k:?}"),
+    let damage = VmfsDamage::UnlinkedEntry {
+        path: "/fb.bin".into(),
     };
-    drop(file);
-    drop(volume);
-    let mut image = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    use std::io::{Seek, SeekFrom, Write};
-    image.seek(SeekFrom::Start(m.volume_offset + lv)).unwrap();
-    image.write_all(&[0u8; 4]).unwrap();
-    drop(image);
-
+    apply(&img, &m, &damage).unwrap();
     let (volume, report) = lost(&img);
+    let e = m.entry("/fb.bin").unwrap();
     let f = by_fd(&report, &m, "/fb.bin");
     assert_eq!(f.status, LostStatus::Orphaned, "{f:#?}");
     assert_eq!(f.fd_bitmap_free, Some(false));

@@ -55,6 +55,9 @@ pub fn run(args: &LsArgs) -> Result<Status> {
         &args.datastore_args.extent,
         args.datastore_args.salvage,
     )?;
+    if args.deleted {
+        return run_deleted(&volume, args);
+    }
     let mut findings = Vec::new();
     let path = normalise(&args.path);
     let top = volume.lookup(&path)?;
@@ -230,6 +233,75 @@ fn mode_text(kind: &str, mode: u32) -> String {
         text.push(if bits & 1 != 0 { 'x' } else { '-' });
     }
     text
+}
+
+/// `vdr ls --deleted`: the deleted and orphaned files recovery finds whose original path
+/// lies under PATH (all of them for "/", unnamed ones included).
+fn run_deleted(volume: &Arc<Volume>, args: &LsArgs) -> Result<Status> {
+    let path = normalise(&args.path);
+    let progress = crate::progress::Progress::counting(args.json, "FD slots");
+    let report = vdr_recover::find_lost(volume, &mut |done, total| {
+        progress.set_total(total);
+        progress.set(done);
+    })?;
+    progress.finish();
+    let under = |f: &vdr_recover::LostFile| {
+        path == "/"
+            || f.original_path
+                .as_deref()
+                .is_some_and(|p| p == path || p.starts_with(&format!("{path}/")))
+    };
+    let files: Vec<&vdr_recover::LostFile> = report.files.iter().filter(|f| under(f)).collect();
+    if args.json {
+        print_json(&files)?;
+    } else {
+        to_stdout(|out| {
+            let mut out = BufWriter::with_capacity(1 << 16, out);
+            if args.long {
+                writeln!(
+                    out,
+                    "{:<8} {:<7} {:>14} {:>14} {:<19} {:>10} {:<9} PATH (ORIGINAL)",
+                    "STATUS", "TYPE", "SIZE", "RECOVERABLE", "MTIME (UTC)", "FD", "ADDRESS"
+                )?;
+            }
+            for f in &files {
+                let original = f
+                    .original_path
+                    .as_deref()
+                    .map_or(String::new(), |p| format!(" ({p})"));
+                if args.long {
+                    writeln!(
+                        out,
+                        "{:<8} {:<7} {:>14} {:>14} {:<19} {:>#10x} {:<9} {}{original}",
+                        f.status.name(),
+                        f.kind,
+                        f.size,
+                        f.recoverable_bytes,
+                        utc_date(u64::from(f.mtime)),
+                        f.fd_address,
+                        f.address_type,
+                        f.path
+                    )?;
+                } else {
+                    writeln!(out, "{}{original}", f.path)?;
+                }
+            }
+            out.flush()
+        })?;
+        eprintln!(
+            "vdr: {} FD slots read, {} valid FDs, {} reached from the root; {} lost",
+            report.fd_slots,
+            report.valid_fds,
+            report.live_fds,
+            report.files.len()
+        );
+    }
+    print_findings(&report.findings);
+    Ok(if has_errors(&report.findings) {
+        Status::ProblemsFound
+    } else {
+        Status::Ok
+    })
 }
 
 #[cfg(test)]

@@ -40,9 +40,24 @@ pub fn run(args: &MountArgs) -> Result<Status> {
             allow_escaping_extents: args.open.allow_escaping_extents,
             ..OpenOptions::default()
         };
-        fs_vmfs::vmfs_tree(&volume, &options)
+        let lost = if args.deleted {
+            Some(
+                vdr_recover::find_lost(&volume, &mut |_, _| {}).with_context(|| {
+                    format!("{}: looking for lost files", args.source.display())
+                })?,
+            )
+        } else {
+            None
+        };
+        fs_vmfs::vmfs_tree(&volume, &options, lost.as_ref())
             .map_err(|e| anyhow!("{}: {e}", args.source.display()))?
     } else {
+        if args.deleted {
+            bail!(
+                "{}: --deleted shows the lost files of a VMFS datastore; this is a disk image",
+                args.source.display()
+            );
+        }
         let request = OpenRequest {
             salvage: args.open.salvage,
             allow_escaping_extents: args.open.allow_escaping_extents,
