@@ -125,8 +125,10 @@ vmfs_seeds() {
         rm -f vmfs/img
     done
     if (cd "$here/.." && cargo run -q --release -p vdr-fixtures --example vmfs_seeds -- "$work/vmfs") 2>/dev/null; then
+        # Selector bit 1 adds recovery's deleted/orphaned search (the seeds hold a
+        # deleted file).
         for img in vmfs/*.img; do
-            for mode in 0 1; do
+            for mode in 0 1 2 3; do
                 "$here/vmfs-seed.py" "$img" $mode "$out/$(basename "$img" .img)-$mode"
             done
         done

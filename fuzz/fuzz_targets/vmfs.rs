@@ -1,6 +1,8 @@
 //! Fuzz target for the VMFS reader: partition discovery, the LVM header and PE table,
 //! the FS descriptor, resource files, FDs, directories (VMFS5 arrays, VMFS6 hashed
-//! blocks) and file data through every address type.
+//! blocks) and file data through every address type; with bit 1 of the selector set,
+//! recovery's search for deleted and orphaned files (every FD slot, directory remnants,
+//! the live tree's block claims) and reads of what it finds.
 //!
 //! A VMFS volume is tens of MiB with its metadata scattered over it, so the input is a
 //! sparse image: byte 0 chooses the mode (even: salvage, odd: strict), then records of
@@ -101,6 +103,16 @@ fuzz_target!(|data: &[u8]| {
             match file.read_at(&mut buf, at) {
                 Ok(0) | Err(_) => at += buf.len() as u64,
                 Ok(n) => at += n as u64,
+            }
+        }
+    }
+    if selector & 2 != 0 {
+        if let Ok(report) = vdr_recover::find_lost(&volume, &mut |_, _| {}) {
+            for f in report.files.iter().take(50) {
+                let file = f.open(&volume);
+                let _ = file.layout(0, file.len());
+                let _ = file.read_at(&mut buf, 0);
+                let _ = file.read_at(&mut buf, file.len().saturating_sub(4096));
             }
         }
     }

@@ -230,3 +230,31 @@ fn the_esxi_corpus_volumes_have_nothing_lost() {
         assert!(report.files.is_empty(), "{name}: {report:#?}");
     }
 }
+
+/// A damaged FD claiming far more bytes than the file holds (cut by salvage to what its
+/// double-indirect map can address, 2^48 bytes on VMFS5) is mapped by its allocated
+/// blocks, not block by block over its claimed size: listing and recovery finish.
+#[test]
+fn a_huge_claimed_length_maps_by_its_holes_not_block_by_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ds.img");
+    let m = build(&feature_spec(Version::V5), &img).unwrap();
+    let damage = VmfsDamage::ImpossibleFileSize {
+        path: "/double.bin".into(),
+    };
+    apply(&img, &m, &damage).unwrap();
+    let src: SourceRef = Arc::new(FileSource::open(&img).unwrap());
+    let volume = vmfs::open(&[src], ParseMode::Salvage).unwrap();
+    let started = std::time::Instant::now();
+    let file = volume.open_file("/double.bin").unwrap();
+    assert!(file.len() >= 1 << 40, "{}", file.len());
+    let pieces = file.map(0, file.len()).unwrap();
+    assert!(pieces.len() <= 8, "{pieces:?}");
+    let report = find_lost(&volume, &mut |_, _| {}).unwrap();
+    assert_eq!(report.files.len(), 1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -156,6 +156,87 @@ impl Volume {
         }
     }
 
+    /// How many blocks from block `n` (a hole) on are holes, at least 1: runs of null
+    /// block-array entries and null pointer-block entries are skipped without reading
+    /// block by block; at most [`HOLE_RUN_PBS`] pointer blocks are read per call.
+    fn hole_run(&self, fd: &FileDescriptor, n: u64, depth: u32) -> u64 {
+        let ppb = self.pointers_per_block();
+        let span = 1u64 << fd.block_shift;
+        let limit = fd.length.div_ceil(span);
+        let entry = |i: u64| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| fd.blocks.get(i))
+                .copied()
+        };
+        // The first index at or after `from` (below `end`) whose pointer in `pb` is set.
+        let scan = |pb: &[u8], from: u64, end: u64| {
+            (from..end)
+                .find(|j| self.pointer(pb, *j) != 0)
+                .unwrap_or(end)
+        };
+        let mut b = n;
+        let mut reads = 0;
+        while b < limit && reads < HOLE_RUN_PBS {
+            match fd.zla {
+                ZLA_FILE_BLOCK | ZLA_SUB_BLOCK => match entry(b) {
+                    Some(0) => b += 1,
+                    _ => break,
+                },
+                ZLA_POINTER_BLOCK | ZLA_POINTER_BLOCK2 => {
+                    let Some(top) = entry(b / ppb) else { break };
+                    let first = b / ppb * ppb;
+                    if top == 0 {
+                        b = first + ppb;
+                        continue;
+                    }
+                    reads += 1;
+                    let Ok(pb) = self.pointer_block(top, depth) else {
+                        break;
+                    };
+                    let j = scan(&pb, b - first, ppb);
+                    b = first + j;
+                    if j < ppb {
+                        break;
+                    }
+                }
+                ZLA_DOUBLE_INDIRECT => {
+                    let Some(top) = entry(b / (ppb * ppb)) else {
+                        break;
+                    };
+                    let first = b / (ppb * ppb) * (ppb * ppb);
+                    if top == 0 {
+                        b = first + ppb * ppb;
+                        continue;
+                    }
+                    reads += 1;
+                    let Ok(pb) = self.pointer_block(top, depth) else {
+                        break;
+                    };
+                    let mid_index = (b - first) / ppb;
+                    let mid = self.pointer(&pb, mid_index);
+                    let mid_first = first + mid_index * ppb;
+                    if mid == 0 {
+                        let k = scan(&pb, mid_index + 1, ppb);
+                        b = first + k * ppb;
+                        continue;
+                    }
+                    reads += 1;
+                    let Ok(inner) = self.pointer_block(mid, depth) else {
+                        break;
+                    };
+                    let j = scan(&inner, b - mid_first, ppb);
+                    b = mid_first + j;
+                    if j < ppb {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        (b.min(limit.max(n + 1)) - n).max(1)
+    }
+
     /// What byte `offset` of `fd` is, and for how many bytes that holds.
     pub fn locate(&self, fd: &FileDescriptor, offset: u64, depth: u32) -> Result<Piece, Error> {
         if offset >= fd.length {
@@ -213,10 +294,14 @@ impl Volume {
         let addr = self.decode(raw);
         let (natural, lv_base) = match addr {
             Addr::Null => {
+                // One piece for the whole run of holes, so a thin file's map costs its
+                // allocated blocks, not its size (a damaged FD may claim petabytes).
+                let blocks = self.hole_run(fd, n, depth);
+                let run = blocks.saturating_mul(span).saturating_sub(within).max(len);
                 return Ok(Piece {
-                    len,
+                    len: left.min(run),
                     kind: PieceKind::Zero { tbz: false },
-                })
+                });
             }
             Addr::FileBlock { tbz: true, .. }
             | Addr::SmallFileBlock { tbz: true, .. }
@@ -370,6 +455,8 @@ impl Volume {
 }
 
 const PB_CACHE_ENTRIES_MAX: usize = 64;
+/// Pointer blocks one hole-run lookup reads at most (the next lookup goes on).
+const HOLE_RUN_PBS: u32 = 16;
 
 /// A regular file inside a VMFS volume, readable as a [`Source`]: VMDKs and their
 /// snapshot chains open in place, without copying them out.
