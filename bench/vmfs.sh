@@ -11,6 +11,8 @@
 #                        number of bytes of the image sequentially (bs=4M) from where the
 #                        file's data starts; target: vdr's throughput >= 80% of dd's
 #   ls5 / ls6            `vdr ls -l IMG /many` (10,000 entries); target: < 1 s
+#   lost5 / lost6        `vdr ls --deleted IMG` on the 10,000-file volume: every FD slot
+#                        read and the live tree's blocks claimed (no target; reported)
 # Runs alternate (vdr, dd, vdr, ...); medians of VDR_BENCH_RUNS (3). As root the page
 # cache is dropped before every extract/dd run (cold cache); ls runs warm.
 #
@@ -77,5 +79,13 @@ for v in 5 6; do
     n=$("$vdr" ls "$img" /many | wc -l)
     printf '%-10s %10.3f %10s %10s %10s  %s (%s entries)\n' "ls$v" "$lm" - - - \
         "$([ "$(echo "$lm < 1" | bc -l)" = 1 ] && echo MET || echo MISSED)" "$n"
+done
+for v in 5 6; do
+    img=$out/many$v.img
+    lt=()
+    for _ in $(seq "$runs"); do lt+=("$(timed "$vdr" ls --deleted "$img")"); done
+    lm=$(printf '%s\n' "${lt[@]}" | median)
+    printf '%-10s %10.3f %10s %10s %10s  %s\n' "lost$v" "$lm" - - - \
+        "$("$vdr" ls --deleted "$img" 2>&1 >/dev/null | tail -1)"
 done
 echo "cache: $([ "$cold" = yes ] && echo 'cold (dropped before each extract/dd run)' || echo 'warm (not root)')"

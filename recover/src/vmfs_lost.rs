@@ -520,8 +520,8 @@ fn unreadable_ranges(
         Some(m) => m < fd.num_blocks,
         None => true,
     };
-    let sub_blocks = fd.zla_name() == "SB";
-    let resident = fd.zla_name() == "resident";
+    let sub_blocks = fd.uses_sub_blocks();
+    let resident = fd.is_resident();
     for (at, len, kind) in pieces {
         match kind {
             PieceKind::Unreadable(why) => out.push(Unreadable {

@@ -258,6 +258,16 @@ impl FileDescriptor {
             || (self.file_type == FileType::System && self.mode & 0o170000 == 0o040000)
     }
 
+    /// True when the data sits in the FD itself.
+    pub fn is_resident(&self) -> bool {
+        self.zla == ZLA_RESIDENT
+    }
+
+    /// True when the data is addressed in sub-blocks of `.sbc.sf`.
+    pub fn uses_sub_blocks(&self) -> bool {
+        self.zla == ZLA_SUB_BLOCK
+    }
+
     /// A name for the address type, as `vdr ls -l` shows it.
     pub fn zla_name(&self) -> &'static str {
         match self.zla {
