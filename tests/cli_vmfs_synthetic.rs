@@ -25,21 +25,7 @@ use vmfs_support::{is_system, json, os};
 
 const MIB: u64 = 1 << 20;
 
-/// Generates `mod $name { fn vmfs5(); fn vmfs6() }` tests calling `$check(version)`.
-macro_rules! per_version {
-    ($($name:ident => $check:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn vmfs5() {
-                super::$check(vdr_fixtures::vmfs::Version::V5);
-            }
-            #[test]
-            fn vmfs6() {
-                super::$check(vdr_fixtures::vmfs::Version::V6);
-            }
-        }
-    )*};
-}
+use vdr_fixtures::per_vmfs_version as per_version;
 
 // ---- the feature volume -------------------------------------------------------------
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vdr_formats::raw::RawDisk;
-use vdr_formats::source::FileSystemRef;
+use vdr_formats::source::{FileSystemRef, SourceRef};
 use vdr_formats::vmfs::{FileDescriptor, FileType, VmfsFile, Volume, VolumeFileSystem};
 use vdr_formats::{open_layer, Chain, FileParentResolver, OpenOptions, Source, VirtualDisk};
 
@@ -185,24 +185,8 @@ fn recovered_chain_opener(
     f: LostFile,
     options: OpenOptions,
 ) -> crate::tree::Opener {
-    Box::new(move || {
-        let open = || -> Result<Arc<dyn VirtualDisk>, vdr_formats::Error> {
-            let leaf = open_layer(Arc::new(f.open(&volume)), &options)?;
-            let identity = format!("{}::{RECOVERED_DIR}/{}", volume.name(), f.path);
-            let chain = Chain::build(
-                leaf,
-                Some(identity),
-                &FileParentResolver::new(&options),
-                options.max_depth,
-            )?;
-            Ok(Arc::new(chain))
-        };
-        open().map_err(|e| {
-            let message = format!("{}::{RECOVERED_DIR}/{}: {e}", volume.name(), f.path);
-            eprintln!("vdr mount: {message}");
-            message
-        })
-    })
+    let identity = format!("{}::{RECOVERED_DIR}/{}", volume.name(), f.path);
+    lazy_chain(identity, options, move || Ok(Arc::new(f.open(&volume))))
 }
 
 /// The inode of directory `path` already in `tree`.
@@ -272,23 +256,34 @@ fn is_vmdk_disk(volume: &Arc<Volume>, path: &str, fd: &FileDescriptor) -> bool {
 
 /// Opens the chain of the VMDK at `path` inside `volume`, parents and extents included.
 fn chain_opener(volume: Arc<Volume>, path: String, options: OpenOptions) -> crate::tree::Opener {
+    let mut options = options;
+    options.file_system = Some(FileSystemRef(Arc::new(VolumeFileSystem(volume.clone()))));
+    let identity = format!("{}::{}", volume.name(), path);
+    lazy_chain(identity, options, move || {
+        Ok(Arc::new(volume.open_file(&path)?))
+    })
+}
+
+/// Opens, on first access, the chain whose leaf `leaf` gives, named `identity` in
+/// messages and cycle checks; a failure is logged and kept.
+fn lazy_chain(
+    identity: String,
+    options: OpenOptions,
+    leaf: impl Fn() -> Result<SourceRef, vdr_formats::Error> + Send + Sync + 'static,
+) -> crate::tree::Opener {
     Box::new(move || {
-        let mut options = options.clone();
-        options.file_system = Some(FileSystemRef(Arc::new(VolumeFileSystem(volume.clone()))));
         let open = || -> Result<Arc<dyn VirtualDisk>, vdr_formats::Error> {
-            let file = Arc::new(volume.open_file(&path)?);
-            let leaf = open_layer(file, &options)?;
-            let identity = format!("{}::{}", volume.name(), path);
+            let leaf = open_layer(leaf()?, &options)?;
             let chain = Chain::build(
                 leaf,
-                Some(identity),
+                Some(identity.clone()),
                 &FileParentResolver::new(&options),
                 options.max_depth,
             )?;
             Ok(Arc::new(chain))
         };
         open().map_err(|e| {
-            let message = format!("{}::{path}: {e}", volume.name());
+            let message = format!("{identity}: {e}");
             eprintln!("vdr mount: {message}");
             message
         })

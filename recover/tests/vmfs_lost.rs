@@ -178,20 +178,7 @@ fn an_unlinked_fd_in_use_is_orphaned(version: Version) {
     assert_eq!(sha(&read_all(&f.open(&volume)).unwrap()), e.sha256);
 }
 
-macro_rules! per_version {
-    ($($name:ident => $check:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn vmfs5() {
-                super::$check(vdr_fixtures::vmfs::Version::V5);
-            }
-            #[test]
-            fn vmfs6() {
-                super::$check(vdr_fixtures::vmfs::Version::V6);
-            }
-        }
-    )*};
-}
+use vdr_fixtures::per_vmfs_version as per_version;
 
 per_version! {
     deleted_files_are_found_with_their_bytes => every_deleted_file_is_found_with_its_bytes;
