@@ -250,14 +250,19 @@ pub struct ExtractArgs {
     /// The device or image holding the datastore.
     pub datastore: PathBuf,
     /// The file or directory inside the datastore to copy out.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "deleted"], conflicts_with_all = ["all", "deleted"])]
     pub path: Option<String>,
     /// Where to write it: a file, or for a directory the directory to hold its tree.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "deleted"], conflicts_with_all = ["all", "deleted"])]
     pub out: Option<PathBuf>,
     /// Copy the whole volume tree into OUT_DIR.
-    #[arg(long, value_name = "OUT_DIR")]
+    #[arg(long, value_name = "OUT_DIR", conflicts_with = "deleted")]
     pub all: Option<PathBuf>,
+    /// Copy the deleted and orphaned files recovery finds into OUT_DIR (as
+    /// `OUT_DIR/deleted/...` and `OUT_DIR/orphaned/...`, the paths `vdr ls --deleted`
+    /// shows); ranges recovery does not trust are left as holes and listed.
+    #[arg(long, value_name = "OUT_DIR")]
+    pub deleted: Option<PathBuf>,
     /// Also write the VMFS system files (/.fbb.sf, /.fdc.sf, ..., /.sdd.sf).
     #[arg(long)]
     pub system_files: bool,

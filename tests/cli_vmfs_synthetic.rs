@@ -598,3 +598,60 @@ fn ls_deleted_lists_what_recovery_finds(version: Version) {
 per_version! {
     ls_deleted_lists_deleted_and_orphaned_files => ls_deleted_lists_what_recovery_finds;
 }
+
+fn extract_deleted_writes_what_recovery_finds(version: Version) {
+    use vdr_fixtures::vmfs::deletion_spec;
+    use vdr_fixtures::vmfs_damage::{apply, VmfsDamage};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ds.img");
+    let m = build(&deletion_spec(version), &img).unwrap();
+    let damage = VmfsDamage::BlockReused {
+        deleted: "/thin-gone.bin".into(),
+        live: "/keep.bin".into(),
+    };
+    apply(&img, &m, &damage).unwrap();
+    let before = sha256(&img);
+    let out = dir.path().join("out");
+
+    let run = vdr()
+        .args([os("extract"), img.as_os_str(), os("--deleted")])
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "an unreadable range is a problem found: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["files"].as_u64(), Some(4), "{report}");
+    for path in ["/vm2/vm2-flat.vmdk", "/vm2/vm2.vmdk", "/notes.txt"] {
+        let e = m.entry(path).unwrap();
+        assert_eq!(
+            sha256(&out.join(format!("deleted{path}"))),
+            e.sha256,
+            "{path}"
+        );
+    }
+    let unreadable = report["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{report}");
+    assert_eq!(unreadable[0]["path"], "deleted/thin-gone.bin");
+    assert_eq!(unreadable[0]["offset"].as_u64(), Some(0));
+    assert_eq!(unreadable[0]["len"].as_u64(), Some(MIB));
+    // The reused block is a hole in the output, not keep.bin's bytes; the rest is the
+    // deleted file's own.
+    let thin = fs::read(out.join("deleted/thin-gone.bin")).unwrap();
+    assert_eq!(thin.len() as u64, 4 * MIB);
+    assert!(thin[..MIB as usize].iter().all(|b| *b == 0));
+    let mut want = vec![0u8; MIB as usize];
+    vdr_fixtures::vmfs::pattern_fill(24, 3 * MIB, &mut want);
+    assert!(thin[3 * MIB as usize..] == want[..]);
+    assert!(out.join("deleted/vm2").is_dir());
+    assert_eq!(sha256(&img), before, "the image is unchanged");
+}
+
+per_version! {
+    extract_deleted_writes_the_lost_files => extract_deleted_writes_what_recovery_finds;
+}

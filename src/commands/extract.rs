@@ -92,14 +92,21 @@ struct Planned {
     path: String,
     fd: FileDescriptor,
     out: PathBuf,
+    /// A lost file (`--deleted`): the ranges recovery does not trust. They are left as
+    /// holes and listed in every mode: finding them is the point of recovery.
+    distrust: Option<Vec<vdr_recover::vmfs_lost::Unreadable>>,
 }
 
 /// Runs `vdr extract`.
 pub fn run(args: &ExtractArgs) -> Result<Status> {
-    let (path, out) = match (&args.all, &args.path, &args.out) {
-        (Some(dir), _, _) => ("/".to_string(), dir.clone()),
-        (None, Some(path), Some(out)) => (normalise(path), out.clone()),
-        _ => usage_error("extract", "give PATH and OUT, or --all OUT_DIR"),
+    let (path, out) = match (&args.all, &args.deleted, &args.path, &args.out) {
+        (Some(dir), _, _, _) => ("/".to_string(), dir.clone()),
+        (None, Some(dir), _, _) => (".recovered".to_string(), dir.clone()),
+        (None, None, Some(path), Some(out)) => (normalise(path), out.clone()),
+        _ => usage_error(
+            "extract",
+            "give PATH and OUT, --all OUT_DIR or --deleted OUT_DIR",
+        ),
     };
     let mut input_paths = vec![args.datastore.clone()];
     input_paths.extend(args.datastore_args.extent.iter().cloned());
@@ -110,8 +117,10 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
         args.datastore_args.salvage,
     )?;
     let mut report = ExtractReport::default();
-    let top = volume.lookup(&path)?;
-    let plan = if top.is_dir() {
+    let top = volume.lookup(if args.deleted.is_some() { "/" } else { &path })?;
+    let plan = if args.deleted.is_some() {
+        plan_lost(&volume, &top, &out)?
+    } else if top.is_dir() {
         // A user-given OUT that is a symlink to a directory is followed (only OUT: links
         // inside the tree never are).
         let out = match fs::canonicalize(&out) {
@@ -128,6 +137,7 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
             path: path.clone(),
             fd: top,
             out,
+            distrust: None,
         }]
     };
     check_outputs(&plan, &inputs, args.force)?;
@@ -234,6 +244,7 @@ fn plan_tree(
         path: path.to_string(),
         fd: top,
         out: out.to_path_buf(),
+        distrust: None,
     }];
     let mut skipped_dirs: Vec<String> = Vec::new();
     for entry in volume.walk(path)? {
@@ -280,6 +291,71 @@ fn plan_tree(
             path: entry.path,
             fd: entry.fd,
             out: target,
+            distrust: None,
+        });
+    }
+    Ok(plan)
+}
+
+/// `--deleted`: the lost files recovery finds, under `out` at their recovered paths
+/// (`deleted/...`, `orphaned/...`). Directories vdr makes to hold them take the times of
+/// the live directory at their original path, else of the root.
+fn plan_lost(volume: &Arc<Volume>, root: &FileDescriptor, out: &Path) -> Result<Vec<Planned>> {
+    let progress = Progress::counting(false, "FD slots");
+    let report = vdr_recover::find_lost(volume, &mut |done, total| {
+        progress.set_total(total);
+        progress.set(done);
+    })?;
+    progress.finish();
+    let dir_entry = |path: &str, fd: FileDescriptor| Planned {
+        path: path.to_string(),
+        out: out.join(path),
+        fd,
+        distrust: None,
+    };
+    let mut plan = vec![Planned {
+        path: ".recovered".into(),
+        fd: root.clone(),
+        out: out.to_path_buf(),
+        distrust: None,
+    }];
+    let mut made: HashSet<String> = HashSet::new();
+    let mut files: Vec<&vdr_recover::LostFile> = report.files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    for f in files {
+        // The directories above it (recovered paths never hold "..": names with it are
+        // refused below).
+        let parts: Vec<&str> = f.path.split('/').collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if made.insert(dir.clone()) {
+                let original = format!("/{}", parts[1..depth].join("/"));
+                let fd = volume.lookup(&original).unwrap_or_else(|_| root.clone());
+                let fd = if fd.is_dir() { fd } else { root.clone() };
+                plan.push(dir_entry(&dir, fd));
+            }
+        }
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            bail!(
+                "{}::.recovered/{}: a name component would leave the output directory",
+                volume.name(),
+                f.path
+            );
+        }
+        if f.kind == "dir" {
+            if made.insert(f.path.clone()) {
+                plan.push(dir_entry(&f.path, f.fd.clone()));
+            }
+            continue;
+        }
+        plan.push(Planned {
+            path: f.path.clone(),
+            fd: f.fd.clone(),
+            out: out.join(&f.path),
+            distrust: Some(f.unreadable.clone()),
         });
     }
     Ok(plan)
@@ -492,7 +568,7 @@ impl Writer<'_> {
             let start = at;
             let pieces = file.map(at, window)?;
             let mut prefetch = Prefetch::new(&pieces, at);
-            for piece in pieces {
+            for piece in split_distrusted(pieces, at, entry.distrust.as_deref()) {
                 match piece.kind {
                     PieceKind::Data(lv_at) => {
                         let mut copied = 0u64;
@@ -539,7 +615,7 @@ impl Writer<'_> {
     /// Strict: the error that stops the extraction. Salvage: records the range (left as
     /// zeros in the sparse output).
     fn unreadable(&mut self, entry: &Planned, offset: u64, len: u64, reason: String) -> Result<()> {
-        if self.volume.mode() == ParseMode::Strict {
+        if self.volume.mode() == ParseMode::Strict && entry.distrust.is_none() {
             return Err(vmfs::Error::Unreadable {
                 volume: self.volume.name().to_string(),
                 path: entry.path.clone(),
@@ -576,6 +652,50 @@ impl Writer<'_> {
             }
         }
     }
+}
+
+/// `pieces` (a map from file offset `at`) with the ranges in `distrust` cut out as
+/// unreadable pieces.
+fn split_distrusted(
+    pieces: Vec<vmfs::Piece>,
+    mut at: u64,
+    distrust: Option<&[vdr_recover::vmfs_lost::Unreadable]>,
+) -> Vec<vmfs::Piece> {
+    let Some(distrust) = distrust.filter(|d| !d.is_empty()) else {
+        return pieces;
+    };
+    let mut out = Vec::new();
+    for piece in pieces {
+        let end = at + piece.len;
+        let mut from = at;
+        while from < end {
+            let bad = distrust
+                .iter()
+                .find(|u| u.offset <= from && from < u.offset + u.len);
+            let next = match bad {
+                Some(u) => (u.offset + u.len).min(end),
+                None => distrust
+                    .iter()
+                    .map(|u| u.offset)
+                    .filter(|o| *o > from)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end),
+            };
+            let kind = match (bad, &piece.kind) {
+                (Some(u), _) => PieceKind::Unreadable(u.why.clone()),
+                (None, PieceKind::Data(lv)) => PieceKind::Data(lv + (from - at)),
+                (None, k) => k.clone(),
+            };
+            out.push(vmfs::Piece {
+                len: next - from,
+                kind,
+            });
+            from = next;
+        }
+        at = end;
+    }
+    out
 }
 
 fn times(atime: u32, mtime: u32) -> FileTimes {
@@ -626,5 +746,61 @@ impl Prefetch {
             }
         }
         self.issued = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdr_recover::vmfs_lost::Unreadable;
+
+    fn data(len: u64, lv: u64) -> vmfs::Piece {
+        vmfs::Piece {
+            len,
+            kind: PieceKind::Data(lv),
+        }
+    }
+
+    #[test]
+    fn distrusted_ranges_are_cut_out_of_the_pieces_at_their_offsets() {
+        let bad = [Unreadable {
+            offset: 150,
+            len: 100,
+            why: "reused".into(),
+        }];
+        let pieces = vec![
+            data(200, 1000),
+            vmfs::Piece {
+                len: 100,
+                kind: PieceKind::Zero { tbz: false },
+            },
+        ];
+        let got = split_distrusted(pieces, 0, Some(&bad));
+        let want = vec![
+            data(150, 1000),
+            vmfs::Piece {
+                len: 50,
+                kind: PieceKind::Unreadable("reused".into()),
+            },
+            vmfs::Piece {
+                len: 50,
+                kind: PieceKind::Unreadable("reused".into()),
+            },
+            vmfs::Piece {
+                len: 50,
+                kind: PieceKind::Zero { tbz: false },
+            },
+        ];
+        assert_eq!(got, want);
+        assert_eq!(got.iter().map(|p| p.len).sum::<u64>(), 300);
+        // A window starting past the range, and no distrust at all, leave pieces alone.
+        assert_eq!(
+            split_distrusted(vec![data(10, 5)], 400, Some(&bad)),
+            vec![data(10, 5)]
+        );
+        assert_eq!(
+            split_distrusted(vec![data(10, 5)], 0, None),
+            vec![data(10, 5)]
+        );
     }
 }
