@@ -608,6 +608,11 @@ fn deleted_files_appear_under_recovered_with_eio_where_reused() {
             live: "/keep.bin".into(),
         };
         apply(&img, &m, &damage).unwrap();
+        // And /vm1's entry unlinked: the directory and its VM become orphans.
+        let unlink = VmfsDamage::UnlinkedEntry {
+            path: "/vm1".into(),
+        };
+        apply(&img, &m, &unlink).unwrap();
         let before = sha256_file(&img);
 
         // Without --deleted the tree is the live one.
@@ -647,7 +652,20 @@ fn deleted_files_appear_under_recovered_with_eio_where_reused() {
         drop(thin);
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(rec("report.json")).unwrap()).unwrap();
-        assert_eq!(report["files"].as_array().map(|a| a.len()), Some(4));
+        let files = report["files"].as_array().unwrap();
+        assert_eq!(files.len(), 7, "4 deleted, /vm1 and its 2 files orphaned");
+        // The orphaned VM's disk, opened inside its unnamed lost directory.
+        let vm1 = files
+            .iter()
+            .find(|f| f["name"] == "vm1.vmdk")
+            .expect("vm1.vmdk recovered");
+        let vm1_raw = vm1["path"].as_str().unwrap().replace("vm1.vmdk", "vm1.raw");
+        assert!(vm1_raw.starts_with("orphaned/fd-0x"), "{vm1_raw}");
+        assert_eq!(
+            sha256_file(&rec(&vm1_raw)),
+            m.entry("/vm1/vm1-flat.vmdk").unwrap().sha256,
+            "{version:?}: {vm1_raw}"
+        );
         // The live tree is still there beside it.
         let keep = m.entry("/keep.bin").unwrap();
         assert_eq!(sha256_file(&mount.path("keep.bin")), keep.sha256);

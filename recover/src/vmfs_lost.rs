@@ -319,6 +319,43 @@ pub fn find_lost(
         Some(normalise(&parts.join("/")))
     };
 
+    // Paths in the recovered tree: the original directories where known, a lost
+    // directory's own recovered path for what it holds, `fd-0xADDRESS` for no name.
+    let display_name = |fd: &FileDescriptor, name: &Option<String>| match name {
+        Some(n) => n.clone(),
+        None => {
+            let mut n = format!("fd-{:#010x}", fd.address);
+            if let Some(ext) = sniff_extension(volume, fd) {
+                n.push_str(ext);
+            }
+            n
+        }
+    };
+    let by_address_fd: HashMap<u32, &FileDescriptor> =
+        lost.iter().map(|fd| (fd.address, fd)).collect();
+    let relative = |address: u32| -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut at = address;
+        let mut seen = HashSet::new();
+        while seen.insert(at) {
+            let (Some(fd), Some((parent, name, _))) = (by_address_fd.get(&at), placed.get(&at))
+            else {
+                break;
+            };
+            parts.push(display_name(fd, name));
+            match parent {
+                Parent::Live(p) => {
+                    parts.push(p.trim_end_matches('/').to_string());
+                    break;
+                }
+                Parent::Lost(d) => at = *d,
+                Parent::Unknown => break,
+            }
+        }
+        parts.reverse();
+        normalise(&parts.join("/"))
+    };
+
     // Claims of the lost files among themselves.
     let mut lost_claims: Vec<Claim> = Vec::new();
     let mut pieces_of: HashMap<u32, Vec<(u64, u64, PieceKind)>> = HashMap::new();
@@ -371,17 +408,7 @@ pub fn find_lost(
             )
         };
         let lost_bytes: u64 = unreadable.iter().map(|u| u.len).sum();
-        let fallback = || {
-            let mut name = format!("fd-{:#010x}", fd.address);
-            if let Some(ext) = sniff_extension(volume, fd) {
-                name.push_str(ext);
-            }
-            match placed.get(&fd.address) {
-                Some((Parent::Live(p), _, _)) => normalise(&format!("{p}/{name}")),
-                _ => format!("/{name}"),
-            }
-        };
-        let inner = original.clone().unwrap_or_else(fallback);
+        let inner = relative(fd.address);
         let mut path = format!("{}{inner}", status.name());
         if !taken.insert(path.clone()) {
             path = format!("{path}~fd{:#x}", fd.address);

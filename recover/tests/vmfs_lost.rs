@@ -178,6 +178,47 @@ fn an_unlinked_fd_in_use_is_orphaned(version: Version) {
     assert_eq!(sha(&read_all(&f.open(&volume)).unwrap()), e.sha256);
 }
 
+fn an_unlinked_directory_is_orphaned_with_what_it_holds(version: Version) {
+    let (_d, img, m) = built(version);
+    apply(
+        &img,
+        &m,
+        &VmfsDamage::UnlinkedEntry {
+            path: "/vm1".into(),
+        },
+    )
+    .unwrap();
+    let (volume, report) = lost(&img);
+    let dir = by_fd(&report, &m, "/vm1");
+    assert_eq!((dir.status, dir.kind), (LostStatus::Orphaned, "dir"));
+    for path in ["/vm1/vm1.vmdk", "/vm1/vm1-flat.vmdk"] {
+        let e = m.entry(path).unwrap();
+        let f = by_fd(&report, &m, path);
+        assert_eq!(f.status, LostStatus::Orphaned);
+        assert_eq!(f.name_from, Some("lost directory"));
+        let name = path.rsplit('/').next().unwrap();
+        assert_eq!(
+            f.path,
+            format!("{}/{name}", dir.path),
+            "nested under its directory"
+        );
+        assert_eq!(
+            sha(&read_all(&f.open(&volume)).unwrap()),
+            e.sha256,
+            "{path}"
+        );
+    }
+    // The deleted files are still found beside them.
+    assert_eq!(
+        report
+            .files
+            .iter()
+            .filter(|f| f.status == LostStatus::Deleted)
+            .count(),
+        4
+    );
+}
+
 use vdr_fixtures::per_vmfs_version as per_version;
 
 per_version! {
@@ -186,6 +227,7 @@ per_version! {
     reused_blocks_are_unreadable => a_block_reused_by_a_live_file_is_unreadable_not_its_bytes;
     cleared_maps_make_holes_unreadable => a_cleared_map_makes_holes_unreadable;
     unlinked_fds_in_use_are_orphans => an_unlinked_fd_in_use_is_orphaned;
+    unlinked_dirs_are_orphans_with_their_files => an_unlinked_directory_is_orphaned_with_what_it_holds;
 }
 
 /// The ESXi-made corpus volumes hold no deleted or orphaned file an open reader knows
