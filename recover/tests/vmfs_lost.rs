@@ -254,9 +254,25 @@ fn the_esxi_corpus_volumes_have_nothing_lost() {
             .unwrap();
         drop(out);
         assert!(status.success());
-        let (_v, report) = lost(&img);
+        let (volume, report) = lost(&img);
         assert!(report.valid_fds > 5, "{name}: {report:#?}");
         assert!(report.files.is_empty(), "{name}: {report:#?}");
+        // ESXi's own FD bitmap agrees: every slot without a valid FD is free, every FD
+        // of the tree is in use.
+        for address in volume.fd_slots() {
+            if volume.fd(address).is_err() {
+                assert_eq!(volume.fd_free(address), Some(true), "{name}: {address:#x}");
+            }
+        }
+        for e in volume.walk("/").unwrap() {
+            assert_eq!(
+                volume.fd_free(e.fd.address),
+                Some(false),
+                "{name}: {} (FD {:#x})",
+                e.path,
+                e.fd.address
+            );
+        }
     }
 }
 
