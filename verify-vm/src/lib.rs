@@ -31,6 +31,7 @@
 pub mod appliance;
 pub mod backend;
 pub mod boot;
+pub mod console_lines;
 pub mod devices;
 pub mod guest_kernel;
 pub mod host;

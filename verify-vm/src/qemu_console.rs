@@ -1,7 +1,7 @@
 //! The qemu backend's serial console: qemu's stdout cut into timestamped lines on a
-//! reader thread, collected until qemu exits or the boot times out. Bounded throughout: a
-//! line is cut at [`MAX_LINE_BYTES`], a boot keeps at most [`MAX_CONSOLE_BYTES`] (oldest
-//! lines dropped first), so a guest that floods its console costs no more than that.
+//! reader thread, collected until qemu exits or the boot times out. Bounded throughout, as
+//! [`crate::console_lines`] cuts and keeps lines for both backends (the last 4 MiB), so a
+//! guest that floods its console costs no more than that.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -9,12 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{ConsoleEcho, ConsoleLine, StopWhen};
-
-/// The console kept per boot; older lines are dropped first (the end holds the report
-/// or the panic).
-pub(super) const MAX_CONSOLE_BYTES: usize = 4 << 20;
-/// A longer console line is split: a guest that never sends '\n' cannot grow a buffer.
-pub(super) const MAX_LINE_BYTES: usize = 4096;
+pub(super) use crate::console_lines::{ConsoleLog, LineSplitter};
 
 /// Why [`collect_console`] stopped collecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,78 +110,4 @@ pub(super) fn read_tail(mut input: impl Read, limit: usize) -> Vec<u8> {
         }
     }
     kept.into()
-}
-
-/// Cuts a byte stream into lines: '\n' ends a line, '\r' is dropped, and a line longer
-/// than [`MAX_LINE_BYTES`] is cut there. Invalid UTF-8 becomes U+FFFD.
-#[derive(Default)]
-pub(super) struct LineSplitter {
-    pending: Vec<u8>,
-}
-
-impl LineSplitter {
-    pub(super) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        let mut lines = Vec::new();
-        for &byte in bytes {
-            match byte {
-                b'\n' => lines.push(self.take()),
-                b'\r' => {}
-                _ => {
-                    self.pending.push(byte);
-                    if self.pending.len() >= MAX_LINE_BYTES {
-                        lines.push(self.take());
-                    }
-                }
-            }
-        }
-        lines
-    }
-
-    /// The unterminated last line, if any.
-    pub(super) fn finish(&mut self) -> Option<String> {
-        (!self.pending.is_empty()).then(|| self.take())
-    }
-
-    fn take(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        text
-    }
-}
-
-/// The console of one boot, at most [`MAX_CONSOLE_BYTES`]: the oldest lines go first.
-#[derive(Default)]
-pub(super) struct ConsoleLog {
-    lines: VecDeque<ConsoleLine>,
-    bytes: usize,
-    dropped: usize,
-}
-
-impl ConsoleLog {
-    pub(super) fn push(&mut self, line: ConsoleLine) {
-        self.bytes = self.bytes.saturating_add(line.text.len());
-        self.lines.push_back(line);
-        while self.bytes > MAX_CONSOLE_BYTES {
-            match self.lines.pop_front() {
-                Some(old) => {
-                    self.bytes = self.bytes.saturating_sub(old.text.len());
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-                None => break,
-            }
-        }
-    }
-
-    pub(super) fn into_lines(self) -> Vec<ConsoleLine> {
-        let mut lines = Vec::with_capacity(self.lines.len().saturating_add(1));
-        if self.dropped > 0 {
-            let at = self.lines.front().map(|l| l.at).unwrap_or_default();
-            lines.push(ConsoleLine {
-                at,
-                text: format!("[vdr: {} earlier console lines dropped]", self.dropped),
-            });
-        }
-        lines.extend(self.lines);
-        lines
-    }
 }

@@ -1,9 +1,10 @@
 //! Unit tests of the qemu backend that need no qemu: the command line, the exit
 //! classification, the console reader's bounds and the emulator lookup.
 
-use super::console::{ConsoleLog, LineSplitter, MAX_CONSOLE_BYTES, MAX_LINE_BYTES};
+use super::console::{ConsoleLog, LineSplitter};
 use super::*;
 use crate::backend::StopWhen;
+use crate::console_lines::{MAX_CONSOLE_BYTES, MAX_LINE_BYTES};
 
 fn line(text: &str) -> ConsoleLine {
     ConsoleLine {

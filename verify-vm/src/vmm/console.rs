@@ -1,6 +1,8 @@
 //! The serial console: a vm-superio 16550 on COM1 whose output is split into lines, each
-//! stamped with the time since the run started, with bounded memory (a guest that prints
-//! forever, or never prints a newline, costs at most [`MAX_CAPTURED_BYTES`]).
+//! stamped with the time since the run started, with bounded memory: lines are cut and
+//! kept as [`crate::console_lines`] does for both backends (the last
+//! [`MAX_CONSOLE_BYTES`]; a guest that prints forever, or never prints a newline, costs
+//! no more).
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -9,22 +11,17 @@ use std::time::{Duration, Instant};
 use vm_superio::{Serial, Trigger};
 
 use crate::backend::{ConsoleEcho, ConsoleLine, StopWhen};
+use crate::console_lines::{ConsoleLog as Lines, LineSplitter};
+pub use crate::console_lines::{MAX_CONSOLE_BYTES, MAX_LINE_BYTES};
 use crate::devices::{IrqLine, MmioDevice};
-
-/// Longest line kept whole; a longer one is split at this length.
-pub const MAX_LINE_BYTES: usize = 4096;
-/// Total console bytes kept; later output is counted in `dropped_bytes` only.
-pub const MAX_CAPTURED_BYTES: usize = 1 << 20;
 
 /// The captured console of one run.
 pub struct ConsoleLog {
     start: Instant,
-    lines: Vec<ConsoleLine>,
+    lines: Lines,
     /// The unfinished line and when its first byte came.
-    partial: Vec<u8>,
+    splitter: LineSplitter,
     partial_at: Duration,
-    captured_bytes: usize,
-    dropped_bytes: u64,
     echo: Option<ConsoleEcho>,
     stop_when: Option<StopWhen>,
     /// When a line's `stop_when` asked the run to end (read by the watchdog).
@@ -38,11 +35,9 @@ impl Default for ConsoleLog {
     fn default() -> Self {
         ConsoleLog {
             start: Instant::now(),
-            lines: Vec::new(),
-            partial: Vec::new(),
+            lines: Lines::default(),
+            splitter: LineSplitter::default(),
             partial_at: Duration::ZERO,
-            captured_bytes: 0,
-            dropped_bytes: 0,
             echo: None,
             stop_when: None,
             stop_at: StopAt::default(),
@@ -54,10 +49,8 @@ impl ConsoleLog {
     /// Clears what was captured and starts the clock the lines are stamped with.
     pub fn restart(&mut self, start: Instant) {
         self.start = start;
-        self.lines.clear();
-        self.partial.clear();
-        self.captured_bytes = 0;
-        self.dropped_bytes = 0;
+        self.lines = Lines::default();
+        self.splitter = LineSplitter::default();
     }
 
     pub fn set_echo(&mut self, echo: ConsoleEcho) {
@@ -75,33 +68,15 @@ impl ConsoleLog {
 
     /// One byte from the guest. `\r` is dropped (Linux writes `\r\n`).
     pub fn push(&mut self, byte: u8) {
-        if byte == b'\r' {
-            return;
-        }
-        if self.captured_bytes >= MAX_CAPTURED_BYTES {
-            self.dropped_bytes = self.dropped_bytes.saturating_add(1);
-            return;
-        }
-        self.captured_bytes += 1;
-        if byte == b'\n' {
-            self.finish_line();
-            return;
-        }
-        if self.partial.is_empty() {
+        if self.splitter.is_empty() {
             self.partial_at = self.start.elapsed();
         }
-        self.partial.push(byte);
-        if self.partial.len() >= MAX_LINE_BYTES {
-            self.finish_line();
+        if let Some(text) = self.splitter.push_byte(byte) {
+            self.finish_line(text);
         }
     }
 
-    fn finish_line(&mut self) {
-        if self.partial.is_empty() {
-            self.partial_at = self.start.elapsed();
-        }
-        let text = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial.clear();
+    fn finish_line(&mut self, text: String) {
         let line = ConsoleLine {
             at: self.partial_at,
             text,
@@ -123,10 +98,12 @@ impl ConsoleLog {
 
     /// The lines so far, the unfinished one included, and how many bytes were dropped.
     pub fn take(&mut self) -> (Vec<ConsoleLine>, u64) {
-        if !self.partial.is_empty() {
-            self.finish_line();
+        if let Some(text) = self.splitter.finish() {
+            self.finish_line(text);
         }
-        (std::mem::take(&mut self.lines), self.dropped_bytes)
+        let lines = std::mem::take(&mut self.lines);
+        let dropped = lines.dropped_bytes();
+        (lines.into_lines(), dropped)
     }
 }
 
@@ -222,16 +199,22 @@ mod tests {
     }
 
     #[test]
-    fn output_beyond_the_total_cap_is_counted_not_kept() {
+    fn output_beyond_the_total_cap_keeps_the_end_and_counts_the_rest() {
         let mut log = ConsoleLog::default();
-        let line = [b'y'; 1023];
-        for _ in 0..(MAX_CAPTURED_BYTES / 1024 + 5) {
+        let line = [b'y'; 1024];
+        for _ in 0..(MAX_CONSOLE_BYTES / 1024 + 5) {
             push_str(&mut log, &line);
             log.push(b'\n');
         }
+        push_str(&mut log, b"Kernel panic\n");
         let (lines, dropped) = log.take();
-        assert_eq!(lines.len(), MAX_CAPTURED_BYTES / 1024);
-        assert_eq!(dropped, 5 * 1024);
+        assert!(lines[0].text.contains("earlier console lines dropped"));
+        assert_eq!(
+            lines.last().unwrap().text,
+            "Kernel panic",
+            "the end is kept"
+        );
+        assert_eq!(dropped, 6 * 1024);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use bus::{AddressSpace, Bus, InsertError};
-pub use console::{MAX_CAPTURED_BYTES, MAX_LINE_BYTES};
+pub use console::{MAX_CONSOLE_BYTES, MAX_LINE_BYTES};
 pub use vcpu::EntryPoint;
 
 use crate::backend::{ConsoleLine, GuestExit};
@@ -61,7 +61,7 @@ pub struct RunOutcome {
     pub elapsed: Duration,
     /// When the first console line started, counted from the start of the run.
     pub first_console_line: Option<Duration>,
-    /// Console bytes beyond [`MAX_CAPTURED_BYTES`], counted but not kept.
+    /// Console bytes of the oldest lines dropped to keep the last [`MAX_CONSOLE_BYTES`].
     pub console_dropped_bytes: u64,
 }
 
