@@ -8,9 +8,8 @@
 //! (research/vmfs.md §8). Listing walks the allocation map, so the name hash is not
 //! needed to read.
 
-use super::bytes::{cstr_at, u32_at};
+use super::bytes::{cstr_at, u16_at, u32_at};
 use super::fd::FileDescriptor;
-use super::remnant::{v6_slot_count, v6_slot_entry};
 use super::volume::Volume;
 use super::Error;
 
@@ -135,4 +134,19 @@ impl Volume {
         }
         Ok(out)
     }
+}
+
+/// A VMFS6 dirent slot's entry.
+fn v6_slot_entry(e: &[u8]) -> DirEntry {
+    DirEntry {
+        entry_type: u32_at(e, 0),
+        fd_address: u32_at(e, 4),
+        generation: u32_at(e, 8),
+        name: cstr_at(e, 0x18, 256),
+    }
+}
+
+/// The number of slots a VMFS6 dirent block says it has.
+fn v6_slot_count(b: &[u8]) -> usize {
+    usize::from(u16_at(b, 4))
 }

@@ -8,7 +8,7 @@
 //! that cannot be read is `None`, not "free".
 
 use super::address::Addr;
-use super::bytes::{cstr_at, u16_at, u32_at, u64_at};
+use super::bytes::{cstr_at, u32_at, u64_at};
 use super::dir::DirEntry;
 use super::fd::{
     FileDescriptor, ZLA_DOUBLE_INDIRECT, ZLA_POINTER_BLOCK, ZLA_POINTER_BLOCK2, ZLA_RESIDENT,
@@ -242,19 +242,4 @@ pub struct PointerBlockUse {
     /// The file range whose block addresses it holds.
     pub file_offset: u64,
     pub file_len: u64,
-}
-
-/// A VMFS6 dirent slot's entry (kept here so dir.rs stays about live listings).
-pub(super) fn v6_slot_entry(e: &[u8]) -> DirEntry {
-    DirEntry {
-        entry_type: u32_at(e, 0),
-        fd_address: u32_at(e, 4),
-        generation: u32_at(e, 8),
-        name: cstr_at(e, 0x18, 256),
-    }
-}
-
-/// The number of slots a VMFS6 dirent block says it has.
-pub(super) fn v6_slot_count(b: &[u8]) -> usize {
-    usize::from(u16_at(b, 4))
 }
