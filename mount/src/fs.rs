@@ -18,7 +18,6 @@ use fuser::{
 };
 use vdr_formats::{ExtentKind, VirtualDisk};
 
-use crate::session::FillUnreadable;
 use crate::tree::{Content, Kind, Node, Tree};
 
 /// How long the kernel may keep attributes and names: the tree never changes.
@@ -31,6 +30,16 @@ const READAHEAD: u32 = 4 << 20;
 thread_local! {
     /// The read buffer of one FUSE worker thread (at most [`MAX_READ`] bytes).
     static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a read of an unreadable range returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FillUnreadable {
+    /// EIO (a short read up to the damage when the request starts before it).
+    #[default]
+    Error,
+    /// Zeros in place of the unreadable bytes.
+    Zeros,
 }
 
 /// A read-only FUSE file system over a fixed tree.

@@ -19,6 +19,7 @@ pub mod nbd;
 pub mod session;
 pub mod tree;
 
+pub use fs::FillUnreadable;
 pub use fs::ReadOnlyFs;
-pub use session::{serve, Ended, FillUnreadable, ServeOptions};
+pub use session::{serve, Ended, ServeOptions};
 pub use tree::Tree;

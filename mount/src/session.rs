@@ -7,19 +7,9 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, Session};
 
-use crate::fs::ReadOnlyFs;
+use crate::fs::{FillUnreadable, ReadOnlyFs};
 use crate::mountpoint;
 use crate::tree::Tree;
-
-/// What a read of an unreadable range returns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FillUnreadable {
-    /// EIO (a short read up to the damage when the request starts before it).
-    #[default]
-    Error,
-    /// Zeros in place of the unreadable bytes.
-    Zeros,
-}
 
 /// How to serve a mount.
 #[derive(Clone, Debug)]

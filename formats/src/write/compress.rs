@@ -25,8 +25,12 @@
 
 use crate::error::Error;
 
-use super::vmdk_stream::{GRAIN_DEFLATE_LEVEL, GRAIN_WINDOW_BITS};
 use super::Compression;
+
+/// Deflate level of compressed VMDK grains (why: the vmdk_stream module doc).
+pub(super) const GRAIN_DEFLATE_LEVEL: u32 = 6;
+/// Deflate window of compressed VMDK grains, as log2 bytes (the vmdk_stream module doc).
+pub(super) const GRAIN_WINDOW_BITS: u8 = 15;
 
 /// Deflate level for compressed clusters (see the module doc for the measurement).
 pub(super) const DEFLATE_LEVEL: u32 = 6;

@@ -45,7 +45,7 @@
 //! | 1, 32 KiB                   | 4.5 s               | 440.0 MB |
 //! | qemu-img (zlib 6, 32 KiB)   | 15.2 s (16.4 s wall)| 358.8 MB |
 //!
-//! Level [`GRAIN_DEFLATE_LEVEL`] with the full 32 KiB window is kept: it is the stream
+//! Level [`GRAIN_DEFLATE_LEVEL`](super::compress::GRAIN_DEFLATE_LEVEL) with the full 32 KiB window is kept: it is the stream
 //! zlib's defaults give, which is what qemu (`compress()`) and VMware's writer
 //! (`new Deflater()`) write, so the output is as small as theirs; streamOptimized exists
 //! to be shipped (OVF/OVA), so size is what it is for. The 4 KiB window would save about
@@ -84,11 +84,6 @@ use super::vmdk_extent::{
     FLAG_NEWLINE_TEST, GD_AT_END, GRAIN_BYTES, GRAIN_SECTORS, GT_SECTORS, SECTOR,
 };
 use super::ConvertReport;
-
-/// Deflate level of compressed grains (see the module doc).
-pub(super) const GRAIN_DEFLATE_LEVEL: u32 = 6;
-/// Deflate window of compressed grains, as log2 bytes (see the module doc).
-pub(super) const GRAIN_WINDOW_BITS: u8 = 15;
 
 /// Writer side: places compressed grains and metadata in the file, in order.
 pub(super) struct StreamWriter<'a> {
