@@ -13,7 +13,7 @@
 use std::io::{self, BufReader, Read, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 
 use vdr_formats::{Extent, ExtentKind, VirtualDisk};
@@ -175,8 +175,9 @@ impl Connection<'_> {
             let extents = self.disk().map(request.offset, u64::from(request.len));
             let mut parts = Vec::new();
             self.structured_read(request, extents, buf, &mut parts);
-            let writer = self.writer.lock().map_err(|_| poisoned())?;
-            zerocopy::send(&writer, buf, &parts)?;
+            let writer = self.lock_writer()?;
+            let sent = zerocopy::send(&writer, buf, &parts);
+            close_on_error(&writer, sent)?;
             drop(writer);
             self.after_read(request);
             return Ok(());
@@ -188,10 +189,20 @@ impl Connection<'_> {
         Ok(())
     }
 
+    /// The stream, for one whole reply. A poisoned lock (a panic while a reply was being
+    /// sent: it may be cut off) closes the connection.
+    fn lock_writer(&self) -> io::Result<MutexGuard<'_, Stream>> {
+        self.writer.lock().or_else(|poisoned| {
+            let writer = poisoned.into_inner();
+            close_on_error(&writer, Err(poisoned_error())).map(|()| writer)
+        })
+    }
+
     fn after_read(&self, request: &Request) {
         let end = request.offset + u64::from(request.len);
-        if let Ok(mut prefetch) = self.prefetch.lock() {
-            prefetch.after_read(self.export.disk.as_ref(), end);
+        // another worker giving hints is enough: this one goes on with its next read
+        if let Ok(mut prefetch) = self.prefetch.try_lock() {
+            prefetch.after_read(self.export.disk.as_ref(), request.offset, end);
         }
     }
 
@@ -396,8 +407,9 @@ impl Connection<'_> {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
-        writer.write_all(bytes)
+        let mut writer = self.lock_writer()?;
+        let sent = writer.write_all(bytes);
+        close_on_error(&writer, sent)
     }
 }
 
@@ -436,8 +448,19 @@ fn runs(extents: impl IntoIterator<Item = (u64, u64, ExtentKind)>) -> Vec<Run> {
     out
 }
 
+/// Passes `sent` on; after an error, shuts the connection down first, while the caller
+/// still holds the writer's lock: the client cannot resynchronise after part of a reply,
+/// and no other thread may write behind it (the reading thread and the other workers
+/// then see the connection end).
+fn close_on_error(stream: &Stream, sent: io::Result<()>) -> io::Result<()> {
+    if sent.is_err() {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    sent
+}
+
 /// The writer's lock was poisoned: a reply was cut off by a panic.
-fn poisoned() -> io::Error {
+fn poisoned_error() -> io::Error {
     io::Error::other("a reply was cut off by a panic")
 }
 
@@ -487,6 +510,31 @@ mod tests {
                 Run::Hole(2048, 512)
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_send_closes_the_connection() {
+        use std::os::unix::net::UnixStream;
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let ours = Stream::Unix(ours);
+        let reader = ours.try_clone().expect("clone");
+        // a reply part outside its buffer: the send fails
+        let parts = [Part::Bytes(0..10)];
+        let sent = zerocopy::send(&ours, &[0u8; 4], &parts);
+        assert!(close_on_error(&ours, sent).is_err());
+        let mut rest = Vec::new();
+        let mut theirs = theirs;
+        theirs
+            .read_to_end(&mut rest)
+            .expect("the client sees the end");
+        assert!(rest.is_empty());
+        let mut reader = reader;
+        assert_eq!(
+            reader.read(&mut [0u8; 1]).expect("read"),
+            0,
+            "the reading thread too"
+        );
+        assert!(close_on_error(&ours, Ok(())).is_ok());
     }
 
     #[test]
