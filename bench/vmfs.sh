@@ -13,6 +13,7 @@
 #   ls5 / ls6            `vdr ls -l IMG /many` (10,000 entries); target: < 1 s
 #   lost5 / lost6        `vdr ls --deleted IMG` on the 10,000-file volume: every FD slot
 #                        read and the live tree's blocks claimed (no target; reported)
+#   gone5 / gone6        the same on a volume where 5,000 of the 10,000 files were deleted
 # Runs alternate (vdr, dd, vdr, ...); medians of VDR_BENCH_RUNS (3). As root the page
 # cache is dropped before every extract/dd run (cold cache); ls runs warm.
 #
@@ -30,7 +31,7 @@ else
     (cd "$root" && cargo build -q --release)
     vdr=$root/target/release/vdr
 fi
-if [ ! -f "$out/thick5.offset" ] || [ "$(cat "$out/mib" 2>/dev/null)" != "$mib" ]; then
+if [ ! -f "$out/thick5.offset" ] || [ ! -f "$out/gone6.img" ] || [ "$(cat "$out/mib" 2>/dev/null)" != "$mib" ]; then
     echo "bench: building the volumes ($mib MiB thick file)"
     (cd "$root" && cargo run -q --release -p vdr-fixtures --example vmfs_bench -- "$out" "$mib")
     echo "$mib" >"$out/mib"
@@ -80,12 +81,15 @@ for v in 5 6; do
     printf '%-10s %10.3f %10s %10s %10s  %s (%s entries)\n' "ls$v" "$lm" - - - \
         "$([ "$(echo "$lm < 1" | bc -l)" = 1 ] && echo MET || echo MISSED)" "$n"
 done
-for v in 5 6; do
-    img=$out/many$v.img
-    lt=()
-    for _ in $(seq "$runs"); do lt+=("$(timed "$vdr" ls --deleted "$img")"); done
-    lm=$(printf '%s\n' "${lt[@]}" | median)
-    printf '%-10s %10.3f %10s %10s %10s  %s\n' "lost$v" "$lm" - - - \
-        "$("$vdr" ls --deleted "$img" 2>&1 >/dev/null | tail -1)"
+for op in lost gone; do
+    for v in 5 6; do
+        img=$out/many$v.img
+        [ "$op" = gone ] && img=$out/gone$v.img
+        lt=()
+        for _ in $(seq "$runs"); do lt+=("$(timed "$vdr" ls --deleted "$img")"); done
+        lm=$(printf '%s\n' "${lt[@]}" | median)
+        printf '%-10s %10.3f %10s %10s %10s  %s\n' "$op$v" "$lm" - - - \
+            "$("$vdr" ls --deleted "$img" 2>&1 >/dev/null | tail -1)"
+    done
 done
 echo "cache: $([ "$cold" = yes ] && echo 'cold (dropped before each extract/dd run)' || echo 'warm (not root)')"

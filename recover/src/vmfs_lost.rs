@@ -35,6 +35,8 @@ use vdr_formats::{Finding, Severity, Source};
 
 /// FD slots read per progress report.
 const SLOT_BATCH: usize = 4096;
+/// The most candidate names listed for a file whose name is ambiguous.
+const MAX_NAME_CANDIDATES: usize = 16;
 
 /// Why a lost file is lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -79,6 +81,9 @@ pub struct LostFile {
     /// What the name came from: "stale directory entry", "freed directory slot",
     /// "lost directory" or none.
     pub name_from: Option<&'static str>,
+    /// Without a name: the names freed slots of its directory hold for its generation,
+    /// when more than one file could own them (at most 16, sorted).
+    pub name_candidates: Vec<String>,
     pub size: u64,
     pub fd_address: u32,
     /// LV offset of the FD.
@@ -265,6 +270,13 @@ pub fn find_lost(
         Lost(u32),
         Unknown,
     }
+    let mut lost_per_parent: HashMap<(u32, u32), usize> = HashMap::new();
+    for fd in lost.iter().filter(|fd| fd.parent_fd != 0) {
+        *lost_per_parent
+            .entry((fd.parent_fd, fd.generation))
+            .or_default() += 1;
+    }
+    let mut candidates: HashMap<u32, Vec<String>> = HashMap::new();
     let mut placed: HashMap<u32, (Parent, Option<String>, Option<&'static str>)> = HashMap::new();
     for fd in &lost {
         let generation_match = |(dir, name, from): &(String, String, &'static str)| {
@@ -279,8 +291,19 @@ pub fn find_lost(
         } else if let Some(hit) = by_address.get(&(fd.address, fd.generation)) {
             generation_match(hit)
         } else if fd.parent_fd != 0 {
-            let names = by_parent.get(&(fd.parent_fd, fd.generation));
-            let name = names.filter(|n| n.len() == 1).map(|n| n[0].clone());
+            // A freed slot names one FD only when it is the one name and the one lost
+            // FD of that directory and generation; otherwise the names are candidates.
+            let key = (fd.parent_fd, fd.generation);
+            let names = by_parent.get(&key).map_or(&[][..], |n| n.as_slice());
+            let fds = lost_per_parent.get(&key).copied().unwrap_or(0);
+            let name = (names.len() == 1 && fds == 1).then(|| names[0].clone());
+            if name.is_none() && !names.is_empty() {
+                let mut c: Vec<String> = names.to_vec();
+                c.sort();
+                c.dedup();
+                c.truncate(MAX_NAME_CANDIDATES);
+                candidates.insert(fd.address, c);
+            }
             let from = name.as_ref().map(|_| "freed directory slot");
             match dir_paths.get(&fd.parent_fd) {
                 Some(p) => (Parent::Live(p.clone()), name, from),
@@ -421,6 +444,7 @@ pub fn find_lost(
             original_path: original,
             name: name.clone(),
             name_from: *name_from,
+            name_candidates: candidates.remove(&fd.address).unwrap_or_default(),
             size: fd.length,
             fd_address: fd.address,
             fd_offset: fd.lv_offset,

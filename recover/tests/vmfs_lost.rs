@@ -303,3 +303,41 @@ fn a_huge_claimed_length_maps_by_its_holes_not_block_by_block() {
         started.elapsed()
     );
 }
+
+/// VMFS6 freed slots are matched by parent directory and generation; when several lost
+/// files share both, no name is guessed: the names are listed as candidates.
+#[test]
+fn ambiguous_vmfs6_names_are_candidates_not_guesses() {
+    use vdr_fixtures::vmfs::many_files_spec;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ds.img");
+    let mut spec = many_files_spec(Version::V6, "/many", 600);
+    let all = std::mem::take(&mut spec.files);
+    for (i, f) in all.into_iter().enumerate() {
+        if i % 2 == 1 {
+            spec.deleted.push(f);
+        } else {
+            spec.files.push(f);
+        }
+    }
+    let m = build(&spec, &img).unwrap();
+    let (_v, report) = lost(&img);
+    assert_eq!(report.files.len(), 300);
+    for f in &report.files {
+        let e = m
+            .entries
+            .iter()
+            .find(|e| e.fd_address == f.fd_address)
+            .unwrap();
+        let true_name = e.path.rsplit('/').next().unwrap().to_string();
+        match &f.name {
+            Some(n) => assert_eq!(n, &true_name, "a name given is the true one"),
+            None => assert!(
+                f.name_candidates.contains(&true_name) || f.name_candidates.len() == 16,
+                "{}: {:?}",
+                true_name,
+                f.name_candidates
+            ),
+        }
+    }
+}
