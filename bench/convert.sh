@@ -74,15 +74,21 @@ mimg=$out/disk-$size-sparse.vmdk
 case ",$ops," in *,streamraw,*)
     if [ ! -f "$simg" ]; then
         echo "bench: generating $simg (qemu-img convert -o subformat=streamOptimized)"
-        qemu-img convert -O vmdk -o subformat=streamOptimized "$img" "$simg.part"
-        mv "$simg.part" "$simg"
+        # Under its final name: the embedded descriptor names the file, and libvmdk
+        # (bench/mount.sh's vmdkmount) follows that name, so a renamed .part fails there.
+        qemu-img convert -O vmdk -o subformat=streamOptimized "$img" "$simg" || {
+            rm -f "$simg"
+            exit 1
+        }
     fi ;;
 esac
 case ",$ops," in *,sparseraw,*)
     if [ ! -f "$mimg" ]; then
         echo "bench: generating $mimg (qemu-img convert -o subformat=monolithicSparse)"
-        qemu-img convert -O vmdk -o subformat=monolithicSparse "$img" "$mimg.part"
-        mv "$mimg.part" "$mimg"
+        qemu-img convert -O vmdk -o subformat=monolithicSparse "$img" "$mimg" || {
+            rm -f "$mimg"
+            exit 1
+        }
     fi ;;
 esac
 
