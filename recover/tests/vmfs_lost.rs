@@ -308,18 +308,10 @@ fn a_huge_claimed_length_maps_by_its_holes_not_block_by_block() {
 /// files share both, no name is guessed: the names are listed as candidates.
 #[test]
 fn ambiguous_vmfs6_names_are_candidates_not_guesses() {
-    use vdr_fixtures::vmfs::many_files_spec;
+    use vdr_fixtures::vmfs::half_deleted_spec;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("ds.img");
-    let mut spec = many_files_spec(Version::V6, "/many", 600);
-    let all = std::mem::take(&mut spec.files);
-    for (i, f) in all.into_iter().enumerate() {
-        if i % 2 == 1 {
-            spec.deleted.push(f);
-        } else {
-            spec.files.push(f);
-        }
-    }
+    let spec = half_deleted_spec(Version::V6, "/many", 600);
     let m = build(&spec, &img).unwrap();
     let (_v, report) = lost(&img);
     assert_eq!(report.files.len(), 300);
