@@ -35,6 +35,8 @@ use vdr_formats::{Finding, Severity, Source};
 
 /// FD slots read per progress report.
 const SLOT_BATCH: usize = 4096;
+/// The most overlapping pairs of lost files' block claims compared.
+const MAX_CLAIM_PAIRS: usize = 1 << 22;
 /// The most candidate names listed for a file whose name is ambiguous.
 const MAX_NAME_CANDIDATES: usize = 16;
 
@@ -395,7 +397,24 @@ pub fn find_lost(
         }
         pieces_of.insert(fd.address, pieces);
     }
-    let shared = shared_ranges(lost_claims);
+    let shared = match shared_ranges(lost_claims) {
+        Some(shared) => shared,
+        None => {
+            report.findings.push(finding(
+                volume,
+                0,
+                "file descriptor",
+                Severity::Error,
+                "the lost files' block maps overlap too much to tell them apart; none of their data is returned".into(),
+            ));
+            vec![Claim {
+                start: 0,
+                end: u64::MAX,
+                owner: "every lost file".into(),
+            }]
+        }
+    };
+    let shared = Claims::new(shared);
 
     let mut taken: HashSet<String> = HashSet::new();
     for fd in &lost {
@@ -538,12 +557,19 @@ fn file_pieces(volume: &Arc<Volume>, fd: &FileDescriptor) -> Vec<(u64, u64, Piec
     }
 }
 
-/// LV ranges more than one lost file claims, with the claimants.
-fn shared_ranges(mut claims: Vec<Claim>) -> Vec<Claim> {
+/// LV ranges more than one lost file claims, with the claimants; `None` when the
+/// claims overlap so much that comparing them would pass [`MAX_CLAIM_PAIRS`] (only a
+/// damaged or hostile volume gets there).
+fn shared_ranges(mut claims: Vec<Claim>) -> Option<Vec<Claim>> {
     claims.sort_by_key(|c| (c.start, c.end));
     let mut out: Vec<Claim> = Vec::new();
+    let mut pairs = 0usize;
     for (i, a) in claims.iter().enumerate() {
         for b in claims[i + 1..].iter().take_while(|b| b.start < a.end) {
+            pairs += 1;
+            if pairs > MAX_CLAIM_PAIRS {
+                return None;
+            }
             if b.owner != a.owner {
                 out.push(Claim {
                     start: b.start,
@@ -553,7 +579,7 @@ fn shared_ranges(mut claims: Vec<Claim>) -> Vec<Claim> {
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// The file ranges of lost file `fd` that cannot be trusted (see the module doc).
@@ -563,7 +589,7 @@ fn unreadable_ranges(
     pieces: &[(u64, u64, PieceKind)],
     live: &Claims,
     system: &Claims,
-    shared: &[Claim],
+    shared: &Claims,
 ) -> Vec<Unreadable> {
     let mut out: Vec<Unreadable> = Vec::new();
     let mapped = volume.mapped_blocks(fd);
@@ -614,14 +640,12 @@ fn unreadable_ranges(
                         });
                     }
                 }
-                for c in shared.iter().filter(|c| c.start < end && lv < c.end) {
-                    let (s, e) = (c.start.max(lv), c.end.min(end));
+                for (s, e, owner) in shared.overlaps(lv, end) {
                     out.push(Unreadable {
                         offset: file_at(s),
                         len: e - s,
                         why: format!(
-                            "LV {s:#x} is claimed by the lost FDs {}: which one it holds is unknown",
-                            c.owner
+                            "LV {s:#x} is claimed by the lost FDs {owner}: which one it holds is unknown"
                         ),
                     });
                 }
@@ -850,5 +874,69 @@ impl FileSystem for RecoveredFileSystem {
         } else {
             format!("{}::{p}", self.volume.name())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(start: u64, end: u64, owner: &str) -> Claim {
+        Claim {
+            start,
+            end,
+            owner: owner.into(),
+        }
+    }
+
+    #[test]
+    fn claims_answer_the_claimed_parts_of_a_range_with_their_owners() {
+        let c = Claims::new(vec![
+            claim(100, 200, "/b"),
+            claim(0, 50, "/a"),
+            claim(200, 300, "/b"),
+        ]);
+        assert_eq!(c.0.len(), 2, "adjacent claims of one owner join");
+        assert_eq!(c.overlaps(40, 120), vec![(40, 50, "/a"), (100, 120, "/b")]);
+        assert_eq!(c.overlaps(50, 100), vec![]);
+        assert_eq!(c.overlaps(250, 1000), vec![(250, 300, "/b")]);
+    }
+
+    #[test]
+    fn shared_ranges_are_where_two_owners_claim_the_same_bytes() {
+        let shared = shared_ranges(vec![
+            claim(0, 100, "0x4"),
+            claim(50, 150, "0x8"),
+            claim(60, 70, "0x4"),
+            claim(200, 300, "0xc"),
+        ])
+        .unwrap();
+        let shared = Claims::new(shared);
+        assert_eq!(shared.overlaps(0, 1000).len(), 1, "{:?}", shared.0);
+        let (s, e, owner) = shared.overlaps(0, 1000)[0];
+        assert_eq!((s, e), (50, 100));
+        assert!(owner.contains("0x4") && owner.contains("0x8"), "{owner}");
+        // Thousands of lost files all claiming one range: refused, not quadratic.
+        let many: Vec<Claim> = (0..3000)
+            .map(|i| claim(0, 1 << 30, &format!("{i}")))
+            .collect();
+        assert!(shared_ranges(many).is_none());
+    }
+
+    #[test]
+    fn unreadable_ranges_are_sorted_and_merged_keeping_distinct_reasons_apart() {
+        let u = |offset, len, why: &str| Unreadable {
+            offset,
+            len,
+            why: why.into(),
+        };
+        let got = normalise_ranges(vec![
+            u(100, 50, "b"),
+            u(0, 10, "a"),
+            u(5, 10, "a"),
+            u(150, 10, "c"),
+            u(300, 0, "empty"),
+        ]);
+        assert_eq!(got, vec![u(0, 15, "a"), u(100, 50, "b"), u(150, 10, "c")]);
     }
 }
