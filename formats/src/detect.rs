@@ -26,6 +26,20 @@ pub enum Format {
 }
 
 impl Format {
+    /// Any VMDK file: descriptor, hosted sparse, COWD or seSparse extent.
+    pub fn is_vmdk(self) -> bool {
+        matches!(
+            self,
+            Format::VmdkDescriptor | Format::VmdkSparse | Format::VmdkCowd | Format::VmdkSeSparse
+        )
+    }
+
+    /// A VMDK a disk is opened by (a descriptor, or a hosted sparse file with its embedded
+    /// one), not an extent a descriptor names.
+    pub fn is_vmdk_entry_point(self) -> bool {
+        matches!(self, Format::VmdkDescriptor | Format::VmdkSparse)
+    }
+
     /// The name users type and reports show.
     pub fn name(self) -> &'static str {
         match self {

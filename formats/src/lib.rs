@@ -24,7 +24,7 @@ pub mod write;
 pub mod xfs;
 
 pub use chain::{Chain, FileParentResolver, ParentResolver, DEFAULT_MAX_DEPTH};
-pub use detect::{detect_format, Format};
+pub use detect::{detect_bytes, detect_format, Format};
 pub use disk::{
     DiskInfo, Extent, ExtentKind, Finding, ParentRef, ParseMode, Severity, SnapshotInfo,
     VirtualDisk,

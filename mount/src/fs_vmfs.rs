@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vdr_formats::raw::RawDisk;
 use vdr_formats::source::{FileSystemRef, SourceRef};
 use vdr_formats::vmfs::{FileDescriptor, FileType, VmfsFile, Volume, VolumeFileSystem};
-use vdr_formats::{open_layer, Chain, FileParentResolver, OpenOptions, Source, VirtualDisk};
+use vdr_formats::{
+    detect_bytes, open_layer, Chain, FileParentResolver, OpenOptions, Source, VirtualDisk,
+};
 
 use vdr_recover::{LostFile, LostReport, RecoveredFileSystem};
 
@@ -27,10 +29,6 @@ pub const RECOVERED_DIR: &str = ".recovered";
 
 /// The longest symlink target read (Linux PATH_MAX); longer means a damaged FD.
 const SYMLINK_TARGET_MAX: u64 = 4096;
-/// The first bytes of a VMDK text descriptor.
-const DESCRIPTOR_MAGIC: &[u8] = b"# Disk DescriptorFile";
-/// The magic of a hosted sparse VMDK ("KDMV"), which embeds its descriptor.
-const SPARSE_MAGIC: &[u8] = b"KDMV";
 
 /// Builds the tree of `volume`. `options` open the VMDK chains (mode, extent policy);
 /// their file system is set to the volume. Entries the walk cannot read are left out
@@ -250,8 +248,7 @@ fn is_vmdk_disk(volume: &Arc<Volume>, path: &str, fd: &FileDescriptor) -> bool {
     let file = VmfsFile::new(volume.clone(), fd.clone(), path);
     let mut head = [0u8; 32];
     let n = file.read_at(&mut head, 0).unwrap_or(0);
-    let head = &head[..n];
-    head.starts_with(DESCRIPTOR_MAGIC) || head.starts_with(SPARSE_MAGIC)
+    detect_bytes(&head[..n]).is_vmdk_entry_point()
 }
 
 /// Opens the chain of the VMDK at `path` inside `volume`, parents and extents included.

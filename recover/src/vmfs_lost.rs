@@ -31,7 +31,7 @@ use vdr_formats::source::{FileSystem, SourceRef, SourceRun};
 use vdr_formats::vmfs::{
     self, normalise, FileDescriptor, FileType, PieceKind, VmfsFile, Volume, ROOT_FD,
 };
-use vdr_formats::{Finding, Severity, Source};
+use vdr_formats::{detect_bytes, Finding, Severity, Source};
 
 /// FD slots read per progress report.
 const SLOT_BATCH: usize = 4096;
@@ -696,7 +696,8 @@ fn normalise_ranges(mut v: Vec<Unreadable>) -> Vec<Unreadable> {
     out
 }
 
-/// ".vmdk" for a file that starts like a VMDK (descriptor, hosted sparse, COWD).
+/// ".vmdk" for a file that starts like a VMDK (descriptor, hosted sparse, COWD,
+/// seSparse).
 fn sniff_extension(volume: &Arc<Volume>, fd: &FileDescriptor) -> Option<&'static str> {
     if fd.is_dir() || fd.file_type == FileType::Symlink {
         return None;
@@ -704,11 +705,7 @@ fn sniff_extension(volume: &Arc<Volume>, fd: &FileDescriptor) -> Option<&'static
     let file = VmfsFile::new(volume.clone(), fd.clone(), "/");
     let mut head = [0u8; 32];
     let n = file.read_at(&mut head, 0).ok()?;
-    let head = &head[..n];
-    (head.starts_with(b"# Disk DescriptorFile")
-        || head.starts_with(b"KDMV")
-        || head.starts_with(b"COWD"))
-    .then_some(".vmdk")
+    detect_bytes(&head[..n]).is_vmdk().then_some(".vmdk")
 }
 
 impl LostFile {
@@ -734,7 +731,7 @@ impl LostFile {
         }
         let mut head = [0u8; 32];
         let n = self.open(volume).read_at(&mut head, 0).unwrap_or(0);
-        head[..n].starts_with(b"# Disk DescriptorFile") || head[..n].starts_with(b"KDMV")
+        detect_bytes(&head[..n]).is_vmdk_entry_point()
     }
 }
 
