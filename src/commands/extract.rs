@@ -88,13 +88,13 @@ struct ExtractReport {
 }
 
 /// One thing to write: the entry's volume path, its FD, and where it goes.
-struct Planned {
-    path: String,
-    fd: FileDescriptor,
-    out: PathBuf,
+pub(super) struct Planned {
+    pub(super) path: String,
+    pub(super) fd: FileDescriptor,
+    pub(super) out: PathBuf,
     /// A lost file (`--deleted`): the ranges recovery does not trust. They are left as
     /// holes and listed in every mode: finding them is the point of recovery.
-    distrust: Option<Vec<vdr_recover::vmfs_lost::Unreadable>>,
+    pub(super) distrust: Option<Vec<vdr_recover::vmfs_lost::Unreadable>>,
 }
 
 /// Runs `vdr extract`.
@@ -119,7 +119,7 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
     let mut report = ExtractReport::default();
     let top = volume.lookup(if args.deleted.is_some() { "/" } else { &path })?;
     let plan = if args.deleted.is_some() {
-        plan_lost(&volume, &top, &out)?
+        super::extract_deleted::plan_lost(&volume, &top, &out)?
     } else if top.is_dir() {
         // A user-given OUT that is a symlink to a directory is followed (only OUT: links
         // inside the tree never are).
@@ -292,70 +292,6 @@ fn plan_tree(
             fd: entry.fd,
             out: target,
             distrust: None,
-        });
-    }
-    Ok(plan)
-}
-
-/// `--deleted`: the lost files recovery finds, under `out` at their recovered paths
-/// (`deleted/...`, `orphaned/...`). Directories vdr makes to hold them take the times of
-/// the live directory at their original path, else of the root.
-fn plan_lost(volume: &Arc<Volume>, root: &FileDescriptor, out: &Path) -> Result<Vec<Planned>> {
-    let progress = Progress::counting(false, "FD slots");
-    let report = vdr_recover::find_lost(volume, &mut |done, total| {
-        progress.set_total(total);
-        progress.set(done);
-    })?;
-    progress.finish();
-    let dir_entry = |path: &str, fd: FileDescriptor| Planned {
-        path: path.to_string(),
-        out: out.join(path),
-        fd,
-        distrust: None,
-    };
-    let mut plan = vec![Planned {
-        path: ".recovered".into(),
-        fd: root.clone(),
-        out: out.to_path_buf(),
-        distrust: None,
-    }];
-    let mut made: HashSet<String> = HashSet::new();
-    let mut files: Vec<&vdr_recover::LostFile> = report.files.iter().collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    for f in files {
-        // The directories above it (recovered paths never hold "..": names with it are
-        // refused below).
-        let parts: Vec<&str> = f.path.split('/').collect();
-        for depth in 1..parts.len() {
-            let dir = parts[..depth].join("/");
-            if made.insert(dir.clone()) {
-                let original = format!("/{}", parts[1..depth].join("/"));
-                let fd = volume.lookup(&original).unwrap_or_else(|_| root.clone());
-                let fd = if fd.is_dir() { fd } else { root.clone() };
-                plan.push(dir_entry(&dir, fd));
-            }
-        }
-        if parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == "..")
-        {
-            bail!(
-                "{}::.recovered/{}: a name component would leave the output directory",
-                volume.name(),
-                f.path
-            );
-        }
-        if f.kind == "dir" {
-            if made.insert(f.path.clone()) {
-                plan.push(dir_entry(&f.path, f.fd.clone()));
-            }
-            continue;
-        }
-        plan.push(Planned {
-            path: f.path.clone(),
-            fd: f.fd.clone(),
-            out: out.join(&f.path),
-            distrust: Some(f.unreadable.clone()),
         });
     }
     Ok(plan)
@@ -568,7 +504,9 @@ impl Writer<'_> {
             let start = at;
             let pieces = file.map(at, window)?;
             let mut prefetch = Prefetch::new(&pieces, at);
-            for piece in split_distrusted(pieces, at, entry.distrust.as_deref()) {
+            for piece in
+                super::extract_deleted::split_distrusted(pieces, at, entry.distrust.as_deref())
+            {
                 match piece.kind {
                     PieceKind::Data(lv_at) => {
                         let mut copied = 0u64;
@@ -654,50 +592,6 @@ impl Writer<'_> {
     }
 }
 
-/// `pieces` (a map from file offset `at`) with the ranges in `distrust` cut out as
-/// unreadable pieces.
-fn split_distrusted(
-    pieces: Vec<vmfs::Piece>,
-    mut at: u64,
-    distrust: Option<&[vdr_recover::vmfs_lost::Unreadable]>,
-) -> Vec<vmfs::Piece> {
-    let Some(distrust) = distrust.filter(|d| !d.is_empty()) else {
-        return pieces;
-    };
-    let mut out = Vec::new();
-    for piece in pieces {
-        let end = at + piece.len;
-        let mut from = at;
-        while from < end {
-            let bad = distrust
-                .iter()
-                .find(|u| u.offset <= from && from < u.offset + u.len);
-            let next = match bad {
-                Some(u) => (u.offset + u.len).min(end),
-                None => distrust
-                    .iter()
-                    .map(|u| u.offset)
-                    .filter(|o| *o > from)
-                    .min()
-                    .unwrap_or(end)
-                    .min(end),
-            };
-            let kind = match (bad, &piece.kind) {
-                (Some(u), _) => PieceKind::Unreadable(u.why.clone()),
-                (None, PieceKind::Data(lv)) => PieceKind::Data(lv + (from - at)),
-                (None, k) => k.clone(),
-            };
-            out.push(vmfs::Piece {
-                len: next - from,
-                kind,
-            });
-            from = next;
-        }
-        at = end;
-    }
-    out
-}
-
 fn times(atime: u32, mtime: u32) -> FileTimes {
     let at = |s: u32| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(s));
     FileTimes::new()
@@ -746,61 +640,5 @@ impl Prefetch {
             }
         }
         self.issued = end;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vdr_recover::vmfs_lost::Unreadable;
-
-    fn data(len: u64, lv: u64) -> vmfs::Piece {
-        vmfs::Piece {
-            len,
-            kind: PieceKind::Data(lv),
-        }
-    }
-
-    #[test]
-    fn distrusted_ranges_are_cut_out_of_the_pieces_at_their_offsets() {
-        let bad = [Unreadable {
-            offset: 150,
-            len: 100,
-            why: "reused".into(),
-        }];
-        let pieces = vec![
-            data(200, 1000),
-            vmfs::Piece {
-                len: 100,
-                kind: PieceKind::Zero { tbz: false },
-            },
-        ];
-        let got = split_distrusted(pieces, 0, Some(&bad));
-        let want = vec![
-            data(150, 1000),
-            vmfs::Piece {
-                len: 50,
-                kind: PieceKind::Unreadable("reused".into()),
-            },
-            vmfs::Piece {
-                len: 50,
-                kind: PieceKind::Unreadable("reused".into()),
-            },
-            vmfs::Piece {
-                len: 50,
-                kind: PieceKind::Zero { tbz: false },
-            },
-        ];
-        assert_eq!(got, want);
-        assert_eq!(got.iter().map(|p| p.len).sum::<u64>(), 300);
-        // A window starting past the range, and no distrust at all, leave pieces alone.
-        assert_eq!(
-            split_distrusted(vec![data(10, 5)], 400, Some(&bad)),
-            vec![data(10, 5)]
-        );
-        assert_eq!(
-            split_distrusted(vec![data(10, 5)], 0, None),
-            vec![data(10, 5)]
-        );
     }
 }

@@ -6,6 +6,7 @@ mod compare;
 mod convert;
 mod datastore;
 mod extract;
+mod extract_deleted;
 mod info;
 mod ls;
 mod map;
