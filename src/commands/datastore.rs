@@ -32,6 +32,18 @@ pub fn open_devices(datastore: &Path, extents: &[PathBuf]) -> Result<Vec<SourceR
         .collect()
 }
 
+/// Recovery's search for the deleted and orphaned files of `volume`, with a progress bar
+/// over the FD slots (on a terminal, never with `--json`).
+pub fn find_lost(volume: &Arc<Volume>, json: bool) -> Result<vdr_recover::LostReport> {
+    let progress = crate::progress::Progress::counting(json, "FD slots");
+    let report = vdr_recover::find_lost(volume, &mut |done, total| {
+        progress.set_total(total);
+        progress.set(done);
+    });
+    progress.finish();
+    Ok(report?)
+}
+
 /// Opens the VMFS volume on `datastore` (and `extents`): strict refuses a damaged
 /// volume with the reader's error, salvage opens what it can.
 pub fn open_volume(datastore: &Path, extents: &[PathBuf], salvage: bool) -> Result<Arc<Volume>> {

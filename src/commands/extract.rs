@@ -119,7 +119,7 @@ pub fn run(args: &ExtractArgs) -> Result<Status> {
     let mut report = ExtractReport::default();
     let top = volume.lookup(if args.deleted.is_some() { "/" } else { &path })?;
     let plan = if args.deleted.is_some() {
-        super::extract_deleted::plan_lost(&volume, &top, &out)?
+        super::extract_deleted::plan_lost(&volume, &top, &out, args.json)?
     } else if top.is_dir() {
         // A user-given OUT that is a symlink to a directory is followed (only OUT: links
         // inside the tree never are).

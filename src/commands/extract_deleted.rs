@@ -10,7 +10,6 @@ use anyhow::{bail, Result};
 use vdr_formats::vmfs::{self, FileDescriptor, PieceKind, Volume};
 
 use super::extract::Planned;
-use crate::progress::Progress;
 
 /// `--deleted`: the lost files recovery finds, under `out` at their recovered paths
 /// (`deleted/...`, `orphaned/...`). Directories vdr makes to hold them take the times of
@@ -19,13 +18,9 @@ pub(super) fn plan_lost(
     volume: &Arc<Volume>,
     root: &FileDescriptor,
     out: &Path,
+    json: bool,
 ) -> Result<Vec<Planned>> {
-    let progress = Progress::counting(false, "FD slots");
-    let report = vdr_recover::find_lost(volume, &mut |done, total| {
-        progress.set_total(total);
-        progress.set(done);
-    })?;
-    progress.finish();
+    let report = super::datastore::find_lost(volume, json)?;
     let dir_entry = |path: &str, fd: FileDescriptor| Planned {
         path: path.to_string(),
         out: out.join(path),

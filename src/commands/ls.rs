@@ -239,12 +239,7 @@ fn mode_text(kind: &str, mode: u32) -> String {
 /// lies under PATH (all of them for "/", unnamed ones included).
 fn run_deleted(volume: &Arc<Volume>, args: &LsArgs) -> Result<Status> {
     let path = normalise(&args.path);
-    let progress = crate::progress::Progress::counting(args.json, "FD slots");
-    let report = vdr_recover::find_lost(volume, &mut |done, total| {
-        progress.set_total(total);
-        progress.set(done);
-    })?;
-    progress.finish();
+    let report = super::datastore::find_lost(volume, args.json)?;
     let under = |f: &vdr_recover::LostFile| {
         path == "/"
             || f.original_path
